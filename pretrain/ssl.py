@@ -1,0 +1,152 @@
+"""Student/teacher self-distillation: a collated batch -> the loss terms of Eq. 6; EMA teacher update.
+
+``L = w_dino L_image + w_ibot L_content + w_koleo L_KoLeo + w_pos L_pos`` (SPEC §2.4):
+- ``L_image``: DINO CLS loss (:func:`dino_cls_loss`) between student crops and the teacher's global crops;
+- ``L_content``: iBOT loss over content-masked patches (student sees ``[MASK]`` content, teacher the clean crop);
+- ``L_pos``: the same form over position-masked patches (student sees ``[POSMASK]`` positions) with its own head;
+- ``L_KoLeo``: on the student's final-normed global CLS tokens, per global crop.
+
+The teacher is an EMA copy of the student (backbone and heads), always in eval mode.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .losses import TeacherTargets, dino_cls_loss, koleo_loss, masked_patch_loss
+from .models import DINOHead, ViTConfig, build_vit
+
+
+def backbone_config(cfg) -> ViTConfig:
+    """ViT hyper-parameters from the pretraining config (``model.*`` and ``pos_field.*``)."""
+    m, pf = cfg.model, cfg.pos_field
+    return ViTConfig.from_arch(
+        m.arch,
+        patch_size=int(m.patch_size),
+        img_size=int(cfg.crops.global_size),
+        drop_path_rate=float(m.drop_path_rate),
+        drop_path_uniform=bool(m.drop_path_uniform),
+        layerscale=float(m.layerscale) if m.layerscale else None,
+        num_register_tokens=int(m.num_register_tokens),
+        qkv_bias=bool(m.qkv_bias),
+        pos_field=bool(pf.enabled),
+        pos_field_size=[int(s) for s in pf.size],
+        pos_field_init=str(pf.init),
+    )
+
+
+def uses_content_masking(cfg) -> bool:
+    return cfg.masking.mask_probability * cfg.masking.content_fraction > 0
+
+
+def uses_position_masking(cfg) -> bool:
+    return cfg.masking.mask_probability * (1.0 - cfg.masking.content_fraction) > 0
+
+
+class SSLMetaArch(nn.Module):
+    """Holds ``student`` and ``teacher`` (``nn.ModuleDict`` of backbone and heads) and computes the losses."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        h, lc = cfg.heads, cfg.loss
+        backbone = build_vit(backbone_config(cfg))
+        d = backbone.embed_dim
+
+        def head() -> DINOHead:
+            return DINOHead(d, int(h.n_prototypes), int(h.hidden_dim), int(h.bottleneck_dim), int(h.nlayers))
+
+        student = {"backbone": backbone, "dino_head": head()}
+        self.use_content = uses_content_masking(cfg)
+        self.use_pos = uses_position_masking(cfg)
+        if self.use_content and h.ibot_separate:
+            student["ibot_head"] = head()
+        if self.use_pos:
+            student["pos_head"] = head()
+        self.student = nn.ModuleDict(student)
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+        k = int(h.n_prototypes)
+        self.dino_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
+        self.ibot_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
+        self.pos_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never uses drop path
+        return self
+
+    def _ibot_head(self, part: nn.ModuleDict) -> nn.Module:
+        return part["ibot_head"] if "ibot_head" in part else part["dino_head"]
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: dict, teacher_temp: float) -> dict:
+        n_g = batch["n_global"]
+        out = self.teacher["backbone"](batch["global_crops"], batch["global_boxes"], batch["global_flips"])
+        cls = self.teacher["dino_head"](out["cls"])
+        cls_t = self.dino_targets(cls, teacher_temp)
+        targets = {"cls": cls_t.reshape(n_g, -1, cls_t.shape[-1])}
+        if self.use_content:
+            patches = out["patch"][batch["content_masks"]]
+            targets["ibot"] = self.ibot_targets(self._ibot_head(self.teacher)(patches), teacher_temp)
+        if self.use_pos:
+            patches = out["patch"][batch["pos_masks"]]
+            targets["pos"] = self.pos_targets(self.teacher["pos_head"](patches), teacher_temp)
+        return targets
+
+    def forward(self, batch: dict, teacher_temp: float) -> dict:
+        """Returns ``{"loss": weighted total, "dino", "ibot", "pos", "koleo": unweighted terms}``."""
+        cfg = self.cfg.loss
+        n_g, n_l = batch["n_global"], batch["n_local"]
+        targets = self.teacher_targets(batch, teacher_temp)
+
+        s = self.student
+        content = batch["content_masks"] if self.use_content else None
+        pos = batch["pos_masks"] if self.use_pos else None
+        g = s["backbone"](batch["global_crops"], batch["global_boxes"], batch["global_flips"], content, pos)
+        cls_tokens = [g["cls"]]
+        if n_l > 0:
+            loc = s["backbone"](batch["local_crops"], batch["local_boxes"], batch["local_flips"])
+            cls_tokens.append(loc["cls"])
+        cls_logits = s["dino_head"](torch.cat(cls_tokens))
+        k = cls_logits.shape[-1]
+        n_gb = g["cls"].shape[0]
+        s_global = cls_logits[:n_gb].reshape(n_g, -1, k)
+        s_local = cls_logits[n_gb:].reshape(n_l, -1, k) if n_l > 0 else None
+        temp = float(cfg.student_temp)
+
+        terms = {"dino": dino_cls_loss(s_global, s_local, targets["cls"], temp)}
+        zero = g["patch"].new_zeros(())
+        terms["ibot"] = zero
+        if self.use_content:
+            logits = self._ibot_head(s)(g["patch"][content])
+            terms["ibot"] = masked_patch_loss(logits, targets["ibot"], content, temp)
+        terms["pos"] = zero
+        if self.use_pos:
+            logits = s["pos_head"](g["patch"][pos])
+            terms["pos"] = masked_patch_loss(logits, targets["pos"], pos, temp)
+        terms["koleo"] = zero
+        if float(cfg.koleo_weight) > 0:
+            terms["koleo"] = sum(koleo_loss(c, scope=str(cfg.koleo_scope)) for c in g["cls"].chunk(n_g))
+        total = (
+            float(cfg.dino_weight) * terms["dino"]
+            + float(cfg.ibot_weight) * terms["ibot"]
+            + float(cfg.pos_weight) * terms["pos"]
+            + float(cfg.koleo_weight) * terms["koleo"]
+        )
+        # Keep every trainable parameter in the graph (DDP needs it), e.g. a head with no masked patch this step.
+        total = total + 0.0 * sum(p.view(-1)[0] for p in s.parameters() if p.requires_grad)
+        terms["loss"] = total
+        return terms
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """``teacher = m * teacher + (1 - m) * student`` for every parameter."""
+        t_params = list(self.teacher.parameters())
+        s_params = [p.detach() for p in self.student.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)

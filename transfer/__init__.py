@@ -1,0 +1,1 @@
+"""Carrying pretrained ViTs into ViTDet (COCO) and Segmenter (ADE20K); probes."""
