@@ -1,0 +1,295 @@
+"""Pretraining entry point: ``python -m pretrain.engine.train [CONFIG.yaml ...] [key=value ...]``.
+
+One process per GPU (``torchrun``; DDP with NCCL on GPU, gloo on CPU) or a single process. Resumes from the
+newest checkpoint in ``train.output_dir``; checkpoints periodically and on SIGTERM/SIGINT; exports the teacher
+backbone to ``<output_dir>/backbone.pth`` at the end (``--export-only`` exports from the newest checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import distributed as du
+from ..data.collate import MaskingCollator
+from ..data.dataset import SSLDataset
+from ..data.folder import ImageFolderDataset
+from ..data.multicrop import MultiCropAugmentation
+from ..data.position_aug import PositionScaleAugmentation
+from ..export import export_backbone
+from ..ssl import SSLMetaArch
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .config import config_hash, effective_epochs, load_config, to_container
+from .metrics import MetricWriter, format_seconds
+from .optim import apply_schedules, build_optimizer
+from .sampler import PassIndexedDataset, StreamSampler
+from .schedules import build_schedules
+
+logger = logging.getLogger("pretrain")
+
+
+class TrainingStopped(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------- processes
+def setup_distributed() -> torch.device:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or SLURM's when launched by srun."""
+    env = os.environ
+    if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    world = int(env.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def setup_logging(output_dir: str) -> None:
+    level = logging.INFO if du.is_main() else logging.WARNING
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if du.is_main():
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt")))
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", handlers=handlers,
+                        force=True)
+
+
+# ------------------------------------------------------------------------------------------- data
+def build_dataset(cfg, validate: bool = True) -> SSLDataset:
+    c, pf = cfg.crops, cfg.pos_field
+    images = ImageFolderDataset(cfg.train.data, validate=validate)
+    multicrop = MultiCropAugmentation(
+        global_size=c.global_size, local_size=c.local_size, n_global=c.n_global, n_local=c.n_local,
+        global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale), photometric=c.photometric,
+    )
+    mode = pf.scale_dist if pf.enabled else "none"
+    position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
+    return SSLDataset(images, multicrop, position_aug, seed=cfg.train.seed)
+
+
+def build_collator(cfg) -> MaskingCollator:
+    g = cfg.crops.global_size // cfg.model.patch_size
+    m = cfg.masking
+    return MaskingCollator((g, g), tuple(m.ratio), m.mask_probability, m.content_fraction, m.content_shape, m.pos_shape)
+
+
+def build_loader(cfg, dataset: SSLDataset, start_iteration: int):
+    sampler = StreamSampler(len(dataset), cfg.train.batch_size_per_gpu, du.rank(), du.world_size(), cfg.train.seed,
+                            start_iteration)
+    workers = int(cfg.train.num_workers)
+    return torch.utils.data.DataLoader(
+        PassIndexedDataset(dataset), batch_size=cfg.train.batch_size_per_gpu, sampler=sampler,
+        num_workers=workers, collate_fn=build_collator(cfg), pin_memory=torch.cuda.is_available(),
+        drop_last=True, persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------- stepping
+def autocast_context(cfg, device):
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) -> tuple[dict, float, bool]:
+    """One optimisation step. Returns (loss terms as floats, gradient norm, whether the step was applied)."""
+    apply_schedules(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
+    with autocast_context(cfg, device):
+        out = ddp_model(batch, values["teacher_temp"])
+    loss = out["loss"]
+    finite = torch.isfinite(loss).float()
+    du.all_reduce_sum(finite)
+    optimizer.zero_grad(set_to_none=True)
+    if finite.item() < du.world_size():  # every process skips together
+        return {k: float("nan") for k in out}, float("nan"), False
+    loss.backward()
+    params = [p for p in model.student.parameters() if p.grad is not None]
+    clip = float(cfg.optim.clip_grad)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    optimizer.step()
+    model.update_teacher(values["momentum"])
+    terms = torch.stack([out[k].detach().float() for k in ("loss", "dino", "ibot", "pos", "koleo")])
+    du.all_reduce_sum(terms)
+    terms = (terms / du.world_size()).tolist()
+    return dict(zip(("loss", "dino", "ibot", "pos", "koleo"), terms)), float(grad_norm), True
+
+
+class StopSignal:
+    """Records SIGTERM/SIGINT; the loop checkpoints and exits at the end of the current iteration."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def requested(self) -> bool:
+        flag = torch.tensor(1.0 if self.signum is not None else 0.0)
+        du.all_reduce_sum(flag)  # a signal on any process stops all of them (gloo tensor on CPU)
+        return flag.item() > 0
+
+
+def iterations_per_epoch(cfg, dataset_len: int) -> int:
+    if cfg.train.epoch_length > 0:
+        return int(cfg.train.epoch_length)
+    total_batch = cfg.train.batch_size_per_gpu * du.world_size()
+    n = dataset_len // total_batch
+    if n < 1:
+        raise ValueError(f"the dataset ({dataset_len} images) is smaller than one total batch ({total_batch})")
+    return n
+
+
+def train(cfg) -> dict:
+    """Run (or resume) pretraining as configured. Returns a summary dict."""
+    device = setup_distributed()
+    out_dir = cfg.train.output_dir
+    setup_logging(out_dir)
+    torch.manual_seed(cfg.train.seed)
+    if du.is_main():
+        os.makedirs(out_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
+    dataset = build_dataset(cfg, validate=du.is_main())
+    skipped = dataset.num_skipped
+    ipe = iterations_per_epoch(cfg, len(dataset))
+    sched = build_schedules(cfg, ipe)
+    total = sched["total"]
+    stop_at = min(total, int(cfg.train.max_iterations)) if cfg.train.max_iterations > 0 else total
+    logger.info(
+        "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %d iterations/epoch, %d epochs "
+        "(%.1f effective epochs); lr %.3g", len(dataset), cfg.train.data, skipped, du.world_size(),
+        cfg.train.batch_size_per_gpu, cfg.train.batch_size_per_gpu * du.world_size(), ipe, cfg.optim.epochs,
+        effective_epochs(cfg), cfg.optim.lr,
+    )
+
+    model = SSLMetaArch(cfg).to(device)
+    optimizer = build_optimizer(model.student, cfg)
+    start = 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, map_location=device)
+        start = state["iteration"] + 1
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s (next iteration %d)", ckpt, start)
+    ddp_model = model
+    if du.is_dist():
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=False)
+    n_params = sum(p.numel() for p in model.student["backbone"].parameters())
+    logger.info("backbone %s: %.2fM parameters; config hash %s", cfg.model.arch, n_params / 1e6, config_hash(cfg))
+
+    writer = MetricWriter(out_dir, stop_at, start, enabled=du.is_main())
+    if skipped:
+        writer.log_event(start, skipped_files=skipped)
+    stopper = StopSignal()
+    nonfinite, it = 0, start
+    images_per_it = cfg.train.batch_size_per_gpu * du.world_size()
+    last_saved = None
+    t_start = time.perf_counter()
+    try:
+        loader = iter(build_loader(cfg, dataset, start)) if start < stop_at else iter(())
+        model.train()
+        for it in range(start, stop_at):
+            batch = to_device(next(loader), device)
+            values = {k: sched[k][it] for k in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr")}
+            terms, gnorm, ok = train_step(model, ddp_model, optimizer, batch, values, cfg, device)
+            if not ok:
+                nonfinite += 1
+                logger.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, nonfinite)
+                writer.log_event(it, nonfinite_loss=True)
+                if nonfinite >= cfg.train.max_nonfinite:
+                    raise TrainingStopped(
+                        f"{nonfinite} non-finite losses in a row (last at iteration {it}); lower optim.base_lr, "
+                        f"check the data, or use train.precision=fp32. The newest checkpoint is kept in {out_dir}."
+                    )
+                continue
+            nonfinite = 0
+            if du.is_main() and (it % cfg.train.log_every == 0 or it == stop_at - 1):
+                scalars = dict(terms, grad_norm=gnorm, **values)
+                if device.type == "cuda":
+                    scalars["memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                logger.info(writer.write(it, scalars, images_per_it))
+            stop = stopper.requested()
+            if stop or (it + 1) % cfg.train.checkpoint_every == 0 or it == stop_at - 1:
+                if du.is_main():
+                    last_saved = save_checkpoint(out_dir, it, model, optimizer, to_container(cfg),
+                                                 keep=cfg.train.keep_checkpoints)
+                if du.is_dist():
+                    dist.barrier()
+            if stop:
+                logger.warning("signal %s: checkpoint written at iteration %d (%s); rerun the same command to "
+                               "resume", stopper.signum, it, last_saved)
+                return {"stopped": True, "iteration": it, "checkpoint": last_saved}
+    finally:
+        stopper.restore()
+        writer.close()
+    backbone_path = os.path.join(out_dir, "backbone.pth")
+    if du.is_main():
+        export_backbone(model.teacher["backbone"], backbone_path, config_hash=config_hash(cfg), iteration=it)
+        logger.info("done: %d iterations in %s; teacher backbone exported to %s", stop_at - start,
+                    format_seconds(time.perf_counter() - t_start), backbone_path)
+    return {"stopped": False, "iteration": it, "backbone": backbone_path}
+
+
+def export_only(cfg) -> str:
+    """Export the teacher backbone of the newest checkpoint in ``train.output_dir``."""
+    ckpt = latest_checkpoint(cfg.train.output_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {cfg.train.output_dir}/checkpoints")
+    model = SSLMetaArch(cfg)
+    state = load_checkpoint(ckpt, model)
+    path = os.path.join(cfg.train.output_dir, "backbone.pth")
+    export_backbone(model.teacher["backbone"], path, config_hash=config_hash(cfg), iteration=state["iteration"])
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("args", nargs="*", help="YAML config files and key=value overrides, in order")
+    parser.add_argument("--export-only", action="store_true", help="export backbone.pth from the newest checkpoint")
+    ns = parser.parse_args(argv)
+    files = [a for a in ns.args if "=" not in a]
+    overrides = [a for a in ns.args if "=" in a]
+    cfg = load_config(files, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if ns.export_only:
+        print(export_only(cfg))
+        return 0
+    try:
+        result = train(cfg)
+    except TrainingStopped as e:
+        logger.error(str(e))
+        return 3
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 143 if result["stopped"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
