@@ -1,0 +1,186 @@
+"""Multi-crop augmentation that also reports where every crop came from (SPEC §2.2, §2.5).
+
+Every crop is described by its box ``(x0, y0, x1, y1)`` in normalised coordinates of the *original* image
+(``x = column / width``, ``y = row / height``, both in [0, 1]) and a horizontal-flip flag. The box is the
+region ``RandomResizedCrop`` cut out, *before* flipping; the model reverses the x order of its position
+samples for flipped crops so that positions stay attached to the pixels they came from.
+
+Photometric augmentations follow DINOv2: colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 and grayscale with
+p=0.2 on every crop; global crop 1 always blurred; global crop 2 blurred with p=0.1 and solarised
+(threshold 128) with p=0.2; local crops blurred with p=0.5. Blur: kernel 9, sigma ~ U(0.1, 2.0). Global
+crops after the second one get the global-crop-2 recipe.
+
+All randomness comes from torch's global RNG (torchvision's transforms draw from it); ``SSLDataset`` seeds it
+per sample inside a forked RNG scope, so a sample is reproducible from ``(seed, epoch, index)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Aspect-ratio range of the random resized crops (torchvision's and DINOv2's default).
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_RATIO", "MultiCropAugmentation"]
+
+
+def _check_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_scale(name: str, value) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (min, max) of floats, got {value!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {value!r}")
+    return lo, hi
+
+
+def _check_stats(name: str, value, positive: bool) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 floats (one per RGB channel), got {value!r}") from None
+    if len(out) != 3:
+        raise ValueError(f"{name} must be 3 floats (one per RGB channel), got {value!r}")
+    if positive and min(out) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return out
+
+
+class _GaussianBlur(transforms.RandomApply):
+    """DINOv2's blur: with probability ``p``, a 9-tap Gaussian blur with sigma ~ U(0.1, 2.0)."""
+
+    def __init__(self, p: float):
+        super().__init__([transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=p)
+
+
+class MultiCropAugmentation:
+    """DINOv2 multi-crop that returns crops together with their boxes and flip flags.
+
+    Args:
+        global_size: side of the square global crops (pixels).
+        local_size: side of the square local crops (pixels).
+        n_global: number of global crops (>= 1).
+        n_local: number of local crops (>= 0).
+        global_scale: ``(min, max)`` area fraction of the original image covered by a global crop.
+        local_scale: ``(min, max)`` area fraction for local crops.
+        mean, std: per-channel normalisation applied after ``to_tensor`` (values in [0, 1]).
+        photometric: apply DINOv2's colour jitter / grayscale / blur / solarise. ``False`` keeps only the
+            geometric part (crop, flip, bicubic resize) and normalisation.
+
+    Calling it on a PIL image returns a dict with ``global_crops`` (list of ``(3, S, S)`` float tensors),
+    ``local_crops`` (list of ``(3, s, s)``), ``global_boxes`` ``(n_global, 4)`` / ``local_boxes``
+    ``(n_local, 4)`` float32 boxes ``(x0, y0, x1, y1)`` in original-image normalised coordinates (before
+    flipping), and ``global_flips`` / ``local_flips`` bool tensors.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_global: int = 2,
+        n_local: int = 8,
+        global_scale: Sequence[float] = (0.32, 1.0),
+        local_scale: Sequence[float] = (0.05, 0.32),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        photometric: bool = True,
+    ):
+        self.global_size = _check_size("global_size", global_size)
+        self.local_size = _check_size("local_size", local_size)
+        if isinstance(n_global, bool) or not isinstance(n_global, int) or n_global < 1:
+            raise ValueError(f"n_global must be an int >= 1, got {n_global!r}")
+        if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
+            raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
+        self.n_global = n_global
+        self.n_local = n_local
+        self.global_scale = _check_scale("global_scale", global_scale)
+        self.local_scale = _check_scale("local_scale", local_scale)
+        self.mean = _check_stats("mean", mean, positive=False)
+        self.std = _check_stats("std", std, positive=True)
+        self.photometric = bool(photometric)
+
+        if self.photometric:
+            color = transforms.Compose(
+                [
+                    transforms.RandomApply(
+                        [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+                    ),
+                    transforms.RandomGrayscale(p=0.2),
+                ]
+            )
+            self._global1 = transforms.Compose([color, _GaussianBlur(p=1.0)])
+            self._global2 = transforms.Compose(
+                [color, _GaussianBlur(p=0.1), transforms.RandomSolarize(threshold=128, p=0.2)]
+            )
+            self._local = transforms.Compose([color, _GaussianBlur(p=0.5)])
+        else:
+            self._global1 = self._global2 = self._local = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(global_size={self.global_size}, local_size={self.local_size}, "
+            f"n_global={self.n_global}, n_local={self.n_local}, global_scale={self.global_scale}, "
+            f"local_scale={self.local_scale}, photometric={self.photometric})"
+        )
+
+    def _crop(self, img: Image.Image, size: int, scale: tuple[float, float]):
+        """Random resized crop + random flip; returns the PIL crop, its box and the flip flag."""
+        width, height = img.size
+        i, j, h, w = transforms.RandomResizedCrop.get_params(img, list(scale), list(CROP_RATIO))
+        box = (j / width, i / height, (j + w) / width, (i + h) / height)
+        crop = TF.resized_crop(img, i, j, h, w, [size, size], interpolation=InterpolationMode.BICUBIC)
+        flip = bool(torch.rand(1).item() < 0.5)
+        if flip:
+            crop = TF.hflip(crop)
+        return crop, box, flip
+
+    def _finish(self, crop: Image.Image, photometric) -> torch.Tensor:
+        if photometric is not None:
+            crop = photometric(crop)
+        return TF.normalize(TF.to_tensor(crop), self.mean, self.std)
+
+    def __call__(self, img: Image.Image) -> dict:
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"MultiCropAugmentation expects a PIL image, got {type(img).__name__}")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if img.width < 1 or img.height < 1:
+            raise ValueError(f"empty image of size {img.size}")
+
+        global_crops, global_boxes, global_flips = [], [], []
+        for c in range(self.n_global):
+            crop, box, flip = self._crop(img, self.global_size, self.global_scale)
+            global_crops.append(self._finish(crop, self._global1 if c == 0 else self._global2))
+            global_boxes.append(box)
+            global_flips.append(flip)
+
+        local_crops, local_boxes, local_flips = [], [], []
+        for _ in range(self.n_local):
+            crop, box, flip = self._crop(img, self.local_size, self.local_scale)
+            local_crops.append(self._finish(crop, self._local))
+            local_boxes.append(box)
+            local_flips.append(flip)
+
+        return {
+            "global_crops": global_crops,
+            "local_crops": local_crops,
+            "global_boxes": torch.tensor(global_boxes, dtype=torch.float32).reshape(self.n_global, 4),
+            "local_boxes": torch.tensor(local_boxes, dtype=torch.float32).reshape(self.n_local, 4),
+            "global_flips": torch.tensor(global_flips, dtype=torch.bool).reshape(self.n_global),
+            "local_flips": torch.tensor(local_flips, dtype=torch.bool).reshape(self.n_local),
+        }
