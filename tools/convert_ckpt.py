@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Convert a ViT checkpoint for detectron2 ViTDet, MMSeg Segmenter or timm (see ``transfer/convert/cli.py``).
+
+Example::
+
+    python tools/convert_ckpt.py --src backbone.pth --dst vitdet_init.pth --target detectron2
+    python tools/convert_ckpt.py --src dinov2_vitb14_reg4.pth --dst ade_init.pth --target mmseg --drop-registers
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transfer.convert.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Target writers: a LayerScale-folded :class:`CanonicalViT` -> the object saved for each target framework.
+
+Output formats (all tensors float32 on CPU, metadata plain Python types so ``torch.load(weights_only=True)``
+reads them):
+
+- ``detectron2``: ``{"model": {"backbone.net.<k>": tensor}, "meta": {...}}`` with detectron2 ``ViT`` names
+  (``patch_embed.proj.*``, ``pos_embed`` ``(1, 1 + g*g, D)`` with the CLS slot first, ``blocks.<i>.{norm1,
+  attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}.*``). detectron2's ViT has no final norm and no CLS token: the
+  final norm is dropped; with ``--keep-tokens`` ``backbone.net.cls_token`` and ``backbone.net.reg_token`` are
+  written too, for the project's own SDPA backbone that can keep them. Build the ViT with
+  ``img_size = pretrain_img_size = g * patch``, ``pretrain_use_cls_token=True``, ``use_rel_pos=False``,
+  ``window_size=0`` (``meta`` has every argument). The grid must be square (detectron2's ``get_abs_pos``).
+- ``mmseg``: ``{"state_dict": {...}, "meta": {...}}`` with MMSeg ``VisionTransformer`` names
+  (``patch_embed.projection``, ``cls_token``, ``pos_embed``, ``layers.<i>.{ln1, ln2, attn.attn.in_proj_weight,
+  attn.attn.in_proj_bias, attn.attn.out_proj, ffn.layers.0.0, ffn.layers.1}``, final norm ``ln1``). MMSeg's
+  ``init_weights`` reads ``checkpoint["state_dict"]``. Configs must set ``patch_bias=True`` (1.2.2 defaults to
+  False and would silently drop the bias) and ``img_size = grid * patch`` so no resize happens at load.
+- ``timm``: ``{"state_dict": {...}, "meta": {..., "timm_kwargs": {...}}}`` holding a plain timm
+  ``VisionTransformer`` state dict (LayerScale folded, ``reg_token`` if registers, ``pos_embed`` with the standard
+  prefix slots ``[CLS, registers...]``: the CLS slot holds the CLS position, register slots are zeros since
+  registers get no position). ``VisionTransformer(**meta["timm_kwargs"]).load_state_dict(ckpt["state_dict"])``;
+  ``timm.models.load_checkpoint`` unwraps ``"state_dict"`` itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .canonical import CanonicalViT, ConversionError, patch_pos_at
+
+TARGETS = ("detectron2", "mmseg", "timm")
+DEFAULT_GRIDS = {"detectron2": (64, 64), "mmseg": (32, 32), "timm": (14, 14)}  # 1024/16, 512/16, 224/16
+CONVERTER = "ssl-vit-toolkit/convert"
+CONVERTER_VERSION = 1
+
+_BLOCK_TIMM = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+)
+_BLOCK_MMSEG = {
+    "norm1.weight": "ln1.weight",
+    "norm1.bias": "ln1.bias",
+    "attn.qkv.weight": "attn.attn.in_proj_weight",
+    "attn.qkv.bias": "attn.attn.in_proj_bias",
+    "attn.proj.weight": "attn.attn.out_proj.weight",
+    "attn.proj.bias": "attn.attn.out_proj.bias",
+    "norm2.weight": "ln2.weight",
+    "norm2.bias": "ln2.bias",
+    "mlp.fc1.weight": "ffn.layers.0.0.weight",
+    "mlp.fc1.bias": "ffn.layers.0.0.bias",
+    "mlp.fc2.weight": "ffn.layers.1.weight",
+    "mlp.fc2.bias": "ffn.layers.1.bias",
+}
+
+
+@dataclass
+class WriteResult:
+    """What a writer produced: the object to save, its target state dict, provenance and drops."""
+
+    obj: dict
+    state: dict
+    meta: dict
+    mapped: list = field(default_factory=list)  # (canonical name, target key)
+    dropped: list = field(default_factory=list)  # (canonical name, reason)
+    notes: list = field(default_factory=list)
+
+
+def _check_ready(c: CanonicalViT, grid) -> tuple[int, int]:
+    if c.has_layerscale:
+        raise ConversionError("internal: writers need LayerScale folded first (fold_layerscale)")
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh < 1 or gw < 1:
+        raise ConversionError(f"--grid must be positive, got {gh} {gw}")
+    return gh, gw
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32).contiguous().clone()
+
+
+def _pos_embed(c: CanonicalViT, grid, extra_zero_slots: int = 0) -> torch.Tensor:
+    """``(1, 1 + extra + gh*gw, D)``: CLS slot (its position, or zeros), zero slots, the materialised patch grid."""
+    patch = patch_pos_at(c, grid)
+    d = patch.shape[-1]
+    cls = c.cls_pos.float() if c.cls_pos is not None else torch.zeros(1, 1, d)
+    parts = [cls] + ([torch.zeros(1, extra_zero_slots, d)] if extra_zero_slots else []) + [patch]
+    return torch.cat(parts, dim=1)
+
+
+def _base_meta(c: CanonicalViT, target: str, grid) -> dict:
+    a = c.arch
+    return {
+        "converter": CONVERTER,
+        "converter_version": CONVERTER_VERSION,
+        "target": target,
+        "source_format": c.source_format,
+        "embed_dim": a.embed_dim,
+        "depth": a.depth,
+        "num_heads": a.num_heads,
+        "patch_size": a.patch_size,
+        "mlp_ratio": a.mlp_ratio,
+        "qkv_bias": True,
+        "norm_eps": a.norm_eps,
+        "grid": [int(grid[0]), int(grid[1])],
+        "img_size": [int(grid[0]) * a.patch_size, int(grid[1]) * a.patch_size],
+        "mean": list(c.mean) if c.mean is not None else None,
+        "std": list(c.std) if c.std is not None else None,
+        "layerscale_folded": bool(c.layerscale_folded),
+        "source_num_register_tokens": c.num_registers,
+        "position_source": "field" if c.pos_field is not None else "grid",
+    }
+
+
+def _registers_policy(c: CanonicalViT, target: str, keep: bool, drop_registers: bool) -> bool:
+    """Whether registers are written; an error when the target cannot use them and dropping was not asked."""
+    if not c.num_registers:
+        return False
+    if keep:
+        return True
+    if not drop_registers:
+        hint = (
+            "pass --keep-tokens (project SDPA backbone) or --drop-registers"
+            if target == "detectron2"
+            else ("pass --drop-registers")
+        )
+        raise ConversionError(
+            f"the source has {c.num_registers} register tokens ({c.src('reg_token')!r}) but the {target} target "
+            f"cannot use them: {hint} (dropping them changes the features: the check then compares with the source "
+            "run without registers)"
+        )
+    return False
+
+
+def write_detectron2(
+    c: CanonicalViT, grid, keep_tokens: bool = False, drop_registers: bool = False, **_
+) -> WriteResult:
+    """detectron2 ``ViT`` checkpoint with explicit ``backbone.net.*`` keys (never the suffix heuristics)."""
+    gh, gw = _check_ready(c, grid)
+    if gh != gw:
+        raise ConversionError(
+            f"detectron2 needs a square grid (its get_abs_pos assumes a square pos_embed), got {gh}x{gw}"
+        )
+    keep_regs = _registers_policy(c, "detectron2", keep_tokens, drop_registers)
+    p = "backbone.net."
+    sd, mapped, dropped = {}, [], []
+
+    def put(name, key, t):
+        sd[p + key] = _f32(t)
+        mapped.append((name, p + key))
+
+    put("patch_embed.proj.weight", "patch_embed.proj.weight", c.state["patch_embed.proj.weight"])
+    put("patch_embed.proj.bias", "patch_embed.proj.bias", c.state["patch_embed.proj.bias"])
+    put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    for i in range(c.arch.depth):
+        for k in _BLOCK_TIMM:
+            put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
+    for k in ("norm.weight", "norm.bias"):
+        if k in c.state:
+            dropped.append((k, "detectron2 ViT has no final norm"))
+    cls_kept = bool(keep_tokens and c.cls_token is not None)
+    if c.cls_token is not None:
+        if cls_kept:
+            put("cls_token", "cls_token", c.cls_token)
+        else:
+            dropped.append(
+                (
+                    "cls_token",
+                    "detectron2 ViT has no CLS token (pos_embed keeps the CLS slot only as "
+                    "the placeholder pretrain_use_cls_token=True expects; --keep-tokens keeps it)",
+                )
+            )
+    if c.num_registers:
+        if keep_regs:
+            put("reg_token", "reg_token", c.reg_token)
+        else:
+            dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
+    notes = []
+    if cls_kept or keep_regs:
+        notes.append(
+            "--keep-tokens: backbone.net.cls_token/reg_token are for the project's token-keeping SDPA backbone; "
+            "detectron2's own ViT ignores them (the check covers every other key)"
+        )
+    if c.num_registers and not keep_regs:
+        notes.append("registers dropped: the check compares with the source run without registers")
+    meta = _base_meta(c, "detectron2", (gh, gw))
+    meta.update(
+        num_register_tokens=c.num_registers if keep_regs else 0,
+        cls_token_kept=cls_kept,
+        final_norm=False,
+        pretrain_img_size=gh * c.arch.patch_size,
+        pretrain_use_cls_token=True,
+        use_rel_pos=False,
+        window_size=0,
+        key_prefix=p,
+    )
+    return WriteResult(
+        obj={"model": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
+    )
+
+
+def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
+    """MMSeg ``VisionTransformer`` state dict (vit2mmseg names) inside ``{"state_dict", "meta"}``."""
+    gh, gw = _check_ready(c, grid)
+    _registers_policy(c, "mmseg", False, drop_registers)
+    sd, mapped, dropped = {}, [], []
+
+    def put(name, key, t):
+        sd[key] = _f32(t)
+        mapped.append((name, key))
+
+    put("patch_embed.proj.weight", "patch_embed.projection.weight", c.state["patch_embed.proj.weight"])
+    put("patch_embed.proj.bias", "patch_embed.projection.bias", c.state["patch_embed.proj.bias"])
+    d = c.arch.embed_dim
+    with_cls = c.cls_token is not None
+    notes = []
+    if with_cls:
+        put("cls_token", "cls_token", c.cls_token)
+    else:
+        sd["cls_token"] = torch.zeros(1, 1, d)
+        notes.append("no CLS token in the source: zeros written and meta with_cls_token=False")
+    put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    for i in range(c.arch.depth):
+        for k, v in _BLOCK_MMSEG.items():
+            put(f"blocks.{i}.{k}", f"layers.{i}.{v}", c.state[f"blocks.{i}.{k}"])
+    final_norm = c.has_final_norm
+    if final_norm:
+        put("norm.weight", "ln1.weight", c.state["norm.weight"])
+        put("norm.bias", "ln1.bias", c.state["norm.bias"])
+    else:
+        notes.append("the source has no final norm: meta final_norm=False")
+    if c.num_registers:
+        dropped.append(("reg_token", "MMSeg VisionTransformer has no register tokens (--drop-registers)"))
+        notes.append("registers dropped: the check compares with the source run without registers")
+    meta = _base_meta(c, "mmseg", (gh, gw))
+    ratio = c.arch.mlp_ratio
+    meta.update(
+        mlp_ratio=int(ratio) if float(ratio).is_integer() else ratio,  # MMSeg builds Linear(D, mlp_ratio * D)
+        embed_dims=d,
+        num_layers=c.arch.depth,
+        num_register_tokens=0,
+        cls_token_kept=with_cls,
+        with_cls_token=with_cls,
+        final_norm=final_norm,
+        patch_bias=True,
+        interpolate_mode="bicubic",
+    )
+    return WriteResult(
+        obj={"state_dict": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
+    )
+
+
+def timm_kwargs(c: CanonicalViT, grid, keep_regs: bool) -> dict:
+    """Keyword arguments for ``timm.models.vision_transformer.VisionTransformer`` matching :func:`write_timm`."""
+    a = c.arch
+    with_cls = c.cls_token is not None
+    return dict(
+        img_size=[int(grid[0]) * a.patch_size, int(grid[1]) * a.patch_size],
+        patch_size=a.patch_size,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+        mlp_ratio=a.mlp_ratio,
+        qkv_bias=True,
+        class_token=with_cls,
+        reg_tokens=c.num_registers if keep_regs else 0,
+        no_embed_class=False,
+        num_classes=0,
+        global_pool="token" if with_cls else "avg",
+        fc_norm=False,
+        final_norm=c.has_final_norm,
+    )
+
+
+def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
+    """timm ``VisionTransformer`` state dict (registers kept unless ``--drop-registers``)."""
+    gh, gw = _check_ready(c, grid)
+    keep_regs = bool(c.num_registers) and not drop_registers
+    sd, mapped, dropped, notes = {}, [], [], []
+
+    def put(name, key, t):
+        sd[key] = _f32(t)
+        mapped.append((name, key))
+
+    put("patch_embed.proj.weight", "patch_embed.proj.weight", c.state["patch_embed.proj.weight"])
+    put("patch_embed.proj.bias", "patch_embed.proj.bias", c.state["patch_embed.proj.bias"])
+    if c.cls_token is not None:
+        put("cls_token", "cls_token", c.cls_token)
+        pos = _pos_embed(c, (gh, gw), extra_zero_slots=c.num_registers if keep_regs else 0)
+    else:
+        patch = patch_pos_at(c, (gh, gw))
+        zeros = torch.zeros(1, c.num_registers if keep_regs else 0, patch.shape[-1])
+        pos = torch.cat([zeros, patch], dim=1)
+    if keep_regs:
+        put("reg_token", "reg_token", c.reg_token)
+    elif c.num_registers:
+        dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
+    put("pos", "pos_embed", pos)
+    for i in range(c.arch.depth):
+        for k in _BLOCK_TIMM:
+            put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
+    if c.has_final_norm:
+        put("norm.weight", "norm.weight", c.state["norm.weight"])
+        put("norm.bias", "norm.bias", c.state["norm.bias"])
+    if c.arch.norm_eps != 1e-6:
+        notes.append(f"norm_eps={c.arch.norm_eps}: build timm with norm_layer=partial(nn.LayerNorm, eps=...)")
+    meta = _base_meta(c, "timm", (gh, gw))
+    meta.update(
+        num_register_tokens=c.num_registers if keep_regs else 0,
+        cls_token_kept=c.cls_token is not None,
+        final_norm=c.has_final_norm,
+        timm_kwargs=timm_kwargs(c, (gh, gw), keep_regs),
+    )
+    return WriteResult(
+        obj={"state_dict": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
+    )
+
+
+WRITERS = {"detectron2": write_detectron2, "mmseg": write_mmseg, "timm": write_timm}
