@@ -40,6 +40,12 @@ def allow_framework_checkpoint_globals() -> None:
         from mmengine.logging import HistoryBuffer
 
         allowed.append(HistoryBuffer)
+        # HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, "min"), ...: the weights_only
+        # unpickler still refuses to *call* anything not allow-listed, so allowing the getattr lookup opens no
+        # code path. Without it, resuming an mmengine run fails on "Unsupported global: getattr".
+        import builtins
+
+        allowed.append(builtins.getattr)
     except ImportError:  # mmengine is optional for detectron2-only use
         pass
     torch.serialization.add_safe_globals(allowed)

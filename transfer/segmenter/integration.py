@@ -1,0 +1,410 @@
+"""MMSegmentation glue for the Segmenter linear-decoder protocol (SPEC §4.2).
+
+What lives here, and nothing else:
+
+* :func:`setup_mmseg` — once per process: allow-list the framework types that mmengine checkpoints pickle
+  (so ``torch.load``'s ``weights_only=True`` default does not break ``resume``), and register mmseg's modules.
+* :func:`load_converted_checkpoint` — read a converter-produced MMSeg-target file
+  (``{"state_dict": {...MMSeg VisionTransformer keys...}, "meta": {...}}``) and check its format.
+* :func:`apply_checkpoint_to_config` — point ``model.backbone.init_cfg`` at that file and make the config's
+  backbone agree with it: either **adapt** the dimensions to the checkpoint's metadata (toy configs,
+  ``adapt_backbone_to_checkpoint = True``) or **check** them and fail on any mismatch (the paper's configs).
+* :func:`verify_backbone_loaded` — after ``init_weights``, compare every backbone tensor with the file.
+  MMSeg's ``VisionTransformer.init_weights`` loads with ``strict=False`` and silently drops what does not
+  match (a renamed key, a ``backbone.`` prefix, the patch bias when ``patch_bias=False``); this function
+  turns every such case into a :class:`CheckpointLoadError` that names the keys.
+* :class:`VerifyPretrainedBackboneHook` — runs :func:`verify_backbone_loaded` inside MMEngine's ``Runner``
+  right before the first training iteration (after weight init, after a possible resume), so the check sees
+  the very model that trains. The ADE20K configs list it in ``custom_hooks``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+
+from transfer.checkpoint_compat import allow_framework_checkpoint_globals
+
+#: ImageNet normalisation in 0..255 units (what our pretraining uses).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+_SETUP_DONE = False
+
+
+class CheckpointLoadError(RuntimeError):
+    """The converted checkpoint does not (or did not) load into the configured backbone."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# process setup
+# ----------------------------------------------------------------------------------------------------------
+def setup_mmseg() -> None:
+    """Allow-list framework checkpoint types for ``torch.load`` and register MMSeg modules. Idempotent."""
+    global _SETUP_DONE
+    allow_framework_checkpoint_globals()
+    if _SETUP_DONE:
+        return
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    _SETUP_DONE = True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading the converted checkpoint
+# ----------------------------------------------------------------------------------------------------------
+def load_converted_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a converter-produced MMSeg-target checkpoint and return ``(state_dict, meta)``.
+
+    The file must be ``{"state_dict": {name: tensor}, "meta": {...}}`` with MMSeg ``VisionTransformer`` key
+    names. ``meta`` may be empty for foreign files; the dimensions are then derived from tensor shapes.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointLoadError(
+            f"{path}: expected a converted MMSeg checkpoint {{'state_dict': ..., 'meta': ...}} "
+            f"(tools/convert_ckpt.py --target mmseg), got top-level {keys}"
+        )
+    state_dict = obj["state_dict"]
+    meta = dict(obj.get("meta") or {})
+    bad = [k for k, v in state_dict.items() if not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointLoadError(f"{path}: non-tensor entries in state_dict: {bad[:10]}")
+    if "patch_embed.projection.weight" not in state_dict:
+        hint = ""
+        if any(k.startswith("backbone.") for k in state_dict):
+            hint = " (keys carry a 'backbone.' prefix: the file is not in the converter's MMSeg target format)"
+        elif "patch_embed.proj.weight" in state_dict:
+            hint = " (timm key names: convert it with tools/convert_ckpt.py --target mmseg)"
+        raise CheckpointLoadError(f"{path}: no 'patch_embed.projection.weight' key{hint}")
+    return state_dict, meta
+
+
+def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """Derive the backbone architecture from tensor shapes and cross-check it against ``meta``.
+
+    Returns ``dict(embed_dims, num_layers, num_heads, patch_size, grid=(gh, gw), mlp_ratio, patch_bias,
+    final_norm)``. ``num_heads`` cannot be read from shapes and comes from ``meta["num_heads"]``.
+    """
+    proj = state_dict["patch_embed.projection.weight"]
+    embed_dims, _, ph, pw = proj.shape
+    if ph != pw:
+        raise CheckpointLoadError(f"non-square patch kernel {tuple(proj.shape)} is not supported")
+    layer_ids = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.")}
+    num_layers = max(layer_ids) + 1 if layer_ids else 0
+    if sorted(layer_ids) != list(range(num_layers)):
+        raise CheckpointLoadError(f"layer indices are not contiguous: {sorted(layer_ids)}")
+    fc1 = state_dict.get("layers.0.ffn.layers.0.0.weight")
+    mlp_ratio = 4
+    if fc1 is not None:
+        if fc1.shape[0] % embed_dims:
+            raise CheckpointLoadError(
+                f"MLP hidden size {fc1.shape[0]} is not a multiple of embed_dim {embed_dims} (mmseg needs an int mlp_ratio)"
+            )
+        mlp_ratio = fc1.shape[0] // embed_dims
+    if "pos_embed" not in state_dict:
+        raise CheckpointLoadError("no 'pos_embed' key: the converter must materialise the position field")
+    n_tokens = state_dict["pos_embed"].shape[1] - 1
+    grid = meta.get("grid")
+    if grid is not None:
+        gh, gw = int(grid[0]), int(grid[1])
+        if gh * gw != n_tokens:
+            raise CheckpointLoadError(f"meta grid {gh}x{gw} does not match pos_embed with {n_tokens} patch tokens")
+    else:
+        side = int(round(math.sqrt(n_tokens)))
+        if side * side != n_tokens:
+            raise CheckpointLoadError(f"pos_embed has {n_tokens} patch tokens (not square) and meta has no 'grid'")
+        gh = gw = side
+    arch = dict(
+        embed_dims=int(embed_dims),
+        num_layers=int(num_layers),
+        num_heads=meta.get("num_heads"),
+        patch_size=int(ph),
+        grid=(gh, gw),
+        mlp_ratio=mlp_ratio,
+        patch_bias="patch_embed.projection.bias" in state_dict,
+        final_norm="ln1.weight" in state_dict,
+    )
+    for meta_key, arch_key in (("embed_dim", "embed_dims"), ("depth", "num_layers"), ("patch_size", "patch_size")):
+        if meta_key in meta and int(meta[meta_key]) != arch[arch_key]:
+            raise CheckpointLoadError(
+                f"meta[{meta_key!r}]={meta[meta_key]} disagrees with the tensors ({arch_key}={arch[arch_key]})"
+            )
+    if arch["num_heads"] is None:
+        raise CheckpointLoadError("meta has no 'num_heads' (it cannot be derived from tensor shapes)")
+    arch["num_heads"] = int(arch["num_heads"])
+    if embed_dims % arch["num_heads"]:
+        raise CheckpointLoadError(f"embed_dim {embed_dims} is not divisible by num_heads {arch['num_heads']}")
+    return arch
+
+
+def _norm_to_255(values: Iterable[float]) -> List[float]:
+    vals = [float(v) for v in values]
+    return [v * 255.0 for v in vals] if max(vals) <= 1.0 else vals
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config surgery
+# ----------------------------------------------------------------------------------------------------------
+def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: Optional[bool] = None) -> Dict[str, Any]:
+    """Point the config's backbone at ``ckpt_path`` and make its architecture agree with the checkpoint.
+
+    Args:
+        cfg: an ``mmengine.Config`` with an ``EncoderDecoder`` model on a ``VisionTransformer`` backbone.
+        ckpt_path: converted MMSeg-target checkpoint.
+        adapt: set the backbone's ``embed_dims``, ``num_layers``, ``num_heads``, ``patch_size``, ``img_size``,
+            ``mlp_ratio`` and the decode head's ``in_channels``/``channels`` from the checkpoint (True), or check
+            them and raise :class:`CheckpointLoadError` on any mismatch (False). ``None`` reads the config key
+            ``adapt_backbone_to_checkpoint`` (default False).
+
+    Returns the architecture dict of :func:`architecture_from_checkpoint` plus ``meta``.
+    """
+    ckpt_path = os.path.abspath(ckpt_path)
+    state_dict, meta = load_converted_checkpoint(ckpt_path)
+    arch = architecture_from_checkpoint(state_dict, meta)
+    if adapt is None:
+        adapt = bool(cfg.get("adapt_backbone_to_checkpoint", False))
+    backbone = cfg.model.backbone
+    head = cfg.model.decode_head
+    if backbone.get("type") != "VisionTransformer":
+        raise CheckpointLoadError(f"expected a VisionTransformer backbone, config has {backbone.get('type')}")
+    gh, gw = arch["grid"]
+    p = arch["patch_size"]
+    img_size = (gh * p, gw * p)
+    wanted = dict(
+        embed_dims=arch["embed_dims"],
+        num_layers=arch["num_layers"],
+        num_heads=arch["num_heads"],
+        patch_size=p,
+        img_size=img_size,
+        mlp_ratio=arch["mlp_ratio"],
+    )
+    if adapt:
+        for k, v in wanted.items():
+            backbone[k] = v
+        head["in_channels"] = arch["embed_dims"]
+        head["channels"] = arch["embed_dims"]
+    else:
+        errors = []
+        for k, v in wanted.items():
+            have = backbone.get(k, 4 if k == "mlp_ratio" else None)
+            if k == "img_size":
+                have = (have, have) if isinstance(have, int) else tuple(have)
+            if have != v:
+                errors.append(f"backbone.{k}: config {have} vs checkpoint {v}")
+        for k in ("in_channels", "channels"):
+            if head.get(k) != arch["embed_dims"]:
+                errors.append(f"decode_head.{k}: config {head.get(k)} vs checkpoint embed dim {arch['embed_dims']}")
+        if errors:
+            raise CheckpointLoadError(
+                f"{ckpt_path} does not fit the config:\n  "
+                + "\n  ".join(errors)
+                + "\n(re-convert at the config's grid, e.g. 32x32 for 512 input, or use a config that matches; "
+                "toy configs set adapt_backbone_to_checkpoint=True)"
+            )
+    # Structural flags that, when wrong, make mmseg drop tensors silently.
+    if arch["patch_bias"] and not backbone.get("patch_bias", False):
+        raise CheckpointLoadError(
+            "the checkpoint has patch_embed.projection.bias but the config has patch_bias=False "
+            "(mmseg's default): set model.backbone.patch_bias=True"
+        )
+    if arch["final_norm"] != bool(backbone.get("final_norm", False)):
+        raise CheckpointLoadError(
+            f"checkpoint final norm (ln1.*) present={arch['final_norm']} but config final_norm="
+            f"{backbone.get('final_norm', False)}"
+        )
+    # Flags the converter records in meta (absent in foreign files: then nothing to compare).
+    flag_errors = []
+    if meta.get("with_cls_token") is not None and bool(meta["with_cls_token"]) != bool(backbone.get("with_cls_token")):
+        flag_errors.append(
+            f"with_cls_token: config {backbone.get('with_cls_token')} vs checkpoint {meta['with_cls_token']}"
+        )
+    eps = (backbone.get("norm_cfg") or {}).get("eps", 1e-5)
+    if meta.get("norm_eps") is not None and abs(float(meta["norm_eps"]) - float(eps)) > 1e-12:
+        flag_errors.append(f"norm_cfg.eps: config {eps} vs checkpoint {meta['norm_eps']}")
+    if flag_errors and adapt:
+        if meta.get("with_cls_token") is not None:
+            backbone["with_cls_token"] = bool(meta["with_cls_token"])
+        if meta.get("norm_eps") is not None:
+            backbone["norm_cfg"] = dict(backbone.get("norm_cfg") or dict(type="LN"), eps=float(meta["norm_eps"]))
+    elif flag_errors:
+        raise CheckpointLoadError(
+            f"{ckpt_path} was converted for a different backbone:\n  "
+            + "\n  ".join(flag_errors)
+            + "\n(override model.backbone.* with --cfg-options if this is intended)"
+        )
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        pre = cfg.model.data_preprocessor
+        m_ck, s_ck = _norm_to_255(meta["mean"]), _norm_to_255(meta["std"])
+        m_cf, s_cf = list(pre.get("mean")), list(pre.get("std"))
+        if any(abs(a - b) > 1e-2 for a, b in zip(m_ck + s_ck, m_cf + s_cf)):
+            raise CheckpointLoadError(
+                f"checkpoint normalisation mean={m_ck} std={s_ck} differs from the config's data_preprocessor "
+                f"mean={m_cf} std={s_cf}: set model.data_preprocessor.mean/std to the checkpoint's values"
+            )
+    backbone["init_cfg"] = dict(type="Pretrained", checkpoint=ckpt_path)
+    backbone.pop("pretrained", None)
+    cfg.model["pretrained"] = None
+    out = dict(arch)
+    out["meta"] = meta
+    out["img_size"] = img_size
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# verification
+# ----------------------------------------------------------------------------------------------------------
+def verify_backbone_loaded(backbone: torch.nn.Module, ckpt: Any) -> int:
+    """Check that every tensor of the checkpoint sits, unchanged, in ``backbone`` — and vice versa.
+
+    Args:
+        backbone: the (initialised) MMSeg ``VisionTransformer``.
+        ckpt: a path to a converted checkpoint, or its ``state_dict``.
+
+    Raises :class:`CheckpointLoadError` naming every file key that was not loaded (absent from the model,
+    wrong shape, or different values) and every backbone parameter/buffer that the file did not provide.
+    Returns the number of verified tensors.
+    """
+    if isinstance(ckpt, str):
+        state_dict, _ = load_converted_checkpoint(ckpt)
+        where = ckpt
+    else:
+        state_dict, where = ckpt, "checkpoint"
+    model_sd = backbone.state_dict()
+    not_in_model, wrong_shape, wrong_value = [], [], []
+    for k, v in state_dict.items():
+        if k not in model_sd:
+            not_in_model.append(k)
+        elif tuple(model_sd[k].shape) != tuple(v.shape):
+            wrong_shape.append(f"{k} file {tuple(v.shape)} model {tuple(model_sd[k].shape)}")
+        elif not torch.equal(model_sd[k].detach().cpu(), v.to(model_sd[k].dtype)):
+            wrong_value.append(k)
+    not_from_file = [k for k in model_sd if k not in state_dict]
+    problems = []
+    if not_in_model:
+        problems.append(f"file keys the backbone does not have (silently dropped by strict=False): {not_in_model}")
+    if wrong_shape:
+        problems.append(f"shape mismatches: {wrong_shape}")
+    if wrong_value:
+        problems.append(f"backbone tensors that differ from the file after loading: {wrong_value}")
+    if not_from_file:
+        problems.append(f"backbone parameters/buffers not initialised from the file: {not_from_file}")
+    if problems:
+        raise CheckpointLoadError(f"pretrained backbone did not load from {where}:\n  " + "\n  ".join(problems))
+    return len(state_dict)
+
+
+def _pretrained_path(backbone: torch.nn.Module) -> Optional[str]:
+    init_cfg = getattr(backbone, "init_cfg", None)
+    if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+        return init_cfg.get("checkpoint")
+    return None
+
+
+def _make_hook_class():
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+    from mmengine.registry import HOOKS
+
+    class VerifyPretrainedBackboneHook(Hook):
+        """Before the first iteration of a fresh run, verify the backbone against its pretrained file.
+
+        Skipped (with a log line) when the run resumed or loaded a full checkpoint, since the weights then
+        legitimately differ from the pretrained file. Raises :class:`CheckpointLoadError` on failure.
+        """
+
+        priority = "VERY_HIGH"
+
+        def before_train(self, runner) -> None:
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            backbone = model.backbone
+            path = _pretrained_path(backbone)
+            if runner.iter > 0 or runner._load_from is not None:
+                runner.logger.info(f"[segmenter] resumed at iteration {runner.iter}: pretrained check skipped")
+                return
+            if path is None:
+                runner.logger.warning("[segmenter] no pretrained backbone configured: training from scratch")
+                return
+            n = verify_backbone_loaded(backbone, path)
+            runner.logger.info(f"[segmenter] verified {n} pretrained backbone tensors from {path}")
+
+    HOOKS.register_module(module=VerifyPretrainedBackboneHook, force=True)
+    return VerifyPretrainedBackboneHook
+
+
+try:  # registered on import so that configs can list it in custom_hooks (custom_imports this module)
+    VerifyPretrainedBackboneHook = _make_hook_class()
+except ImportError:  # pragma: no cover - mmengine missing: the pure functions above still work
+    VerifyPretrainedBackboneHook = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# datasets
+# ----------------------------------------------------------------------------------------------------------
+def infer_num_classes(data_root: str) -> int:
+    """Number of classes K of an ADE-layout folder whose PNG labels use 0 = ignore and 1..K.
+
+    Looks for a metadata JSON in ``data_root`` first (``meta.json``, ``dataset.json``, ``info.json``,
+    ``classes.json``, with ``num_classes`` or ``classes``), else scans the annotation PNGs for the largest
+    label (255 ignored).
+    """
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    for name in ("meta.json", "dataset.json", "info.json", "classes.json", "metadata.json"):
+        path = os.path.join(data_root, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                info = json.load(f)
+            if isinstance(info, dict) and "num_classes" in info:
+                return int(info["num_classes"])
+            if isinstance(info, dict) and isinstance(info.get("classes"), list):
+                return len(info["classes"])
+            if isinstance(info, list):
+                return len(info)
+    top = 0
+    found = False
+    for split in ("training", "validation"):
+        ann_dir = os.path.join(data_root, "annotations", split)
+        if not os.path.isdir(ann_dir):
+            continue
+        for fname in os.listdir(ann_dir):
+            if fname.endswith(".png"):
+                arr = np.asarray(Image.open(os.path.join(ann_dir, fname)))
+                vals = arr[arr != 255]
+                if vals.size:
+                    top = max(top, int(vals.max()))
+                found = True
+    if not found:
+        raise FileNotFoundError(f"no annotations/{{training,validation}}/*.png under {data_root}")
+    if top < 1:
+        raise ValueError(f"annotations under {data_root} contain no class labels (all 0/255)")
+    return top
+
+
+def set_dataset_classes(cfg, num_classes: int) -> None:
+    """Set the decode head's ``num_classes`` and, for generic datasets, class names/palette metainfo."""
+    cfg.model.decode_head["num_classes"] = int(num_classes)
+    names = tuple(f"class{i}" for i in range(1, num_classes + 1))
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        ds = cfg.get(loader, {}).get("dataset") if cfg.get(loader) else None
+        if not ds:
+            continue
+        if ds.get("type") == "ADE20KDataset":
+            if num_classes != 150:
+                raise ValueError(f"ADE20KDataset has 150 classes, num_classes={num_classes} requested")
+            continue
+        meta = dict(ds.get("metainfo") or {})
+        if "classes" not in meta or len(meta["classes"]) != num_classes:
+            meta["classes"] = names
+            meta.pop("palette", None)
+        ds["metainfo"] = meta
