@@ -1,0 +1,347 @@
+"""One small interface over the backbones the analysis tools look at (:class:`BackboneAdapter`).
+
+Two implementations:
+
+- :class:`OursAdapter` wraps :class:`pretrain.models.VisionTransformer` (exported ``backbone.pth`` or a training
+  checkpoint's teacher). Position embeddings at any input size come from the model itself (the field is sampled at
+  the patch centres of the whole virtual image; a ``pos_embed`` model interpolates). It also supports the model's
+  ``content_mask`` / ``pos_mask`` ([MASK] / [POSMASK]) arguments, which the position probe needs.
+- :class:`TimmAdapter` wraps a timm ``VisionTransformer`` built from ``meta["timm_kwargs"]`` of the converter's
+  timm writer, so every checkpoint ``transfer/convert`` reads (DINOv2, timm, MAE/iBOT/DINO) can be analysed. The
+  conversion happens in memory (read -> fold LayerScale -> write timm at the analysis grid); the patch size is
+  kept as it is (no kernel resampling), and ``dynamic_img_size=True`` lets other input sizes interpolate.
+
+Both expose the token sequence ``[CLS, registers..., patches]``; ``tokens`` returns only the patch tokens (with the
+final norm applied, as LocalRep and DINOv2's ``get_intermediate_layers(norm=True)`` do) and ``attentions`` returns
+the full ``(B, H, T, T)`` softmax attention of every block, recomputed from ``qkv`` (timm's blocks use SDPA, which
+never materialises the matrix). :func:`attention_block_forward` recomputes a whole block from that matrix, so the
+attention that is analysed is exactly the one that produced the block's output (checked in the tests).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AdapterError(ValueError):
+    """A checkpoint cannot be wrapped, or an adapter is asked for something it cannot do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# block-level attention recomputation
+
+
+def block_attention(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax attention ``(B, H, T, T)`` of timm block ``blk`` on its input sequence ``x`` ``(B, T, D)``.
+
+    ``softmax(q k^T * scale)`` with ``q, k`` from ``blk.attn.qkv(blk.norm1(x))`` (after the attention's optional
+    ``q_norm`` / ``k_norm``), exactly what timm's non-fused path computes.
+    """
+    attn_mod = blk.attn
+    b, t, _ = x.shape
+    h = attn_mod.num_heads
+    qkv = attn_mod.qkv(blk.norm1(x)).reshape(b, t, 3, h, -1).permute(2, 0, 3, 1, 4)
+    q, k, _ = qkv.unbind(0)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    return ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+
+
+def attention_block_forward(blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run timm block ``blk`` on ``x`` by hand, returning ``(output, attention)``.
+
+    The output is computed from the explicit attention matrix (``attn @ v``, projection, LayerScale, residual, MLP),
+    so it equals ``blk(x)`` (in eval mode) up to float rounding only if the matrix is the one the block uses.
+    """
+    if blk.training:
+        raise AdapterError("attention_block_forward needs the block in eval mode (no dropout / drop path)")
+    attn_mod = blk.attn
+    b, t, _ = x.shape
+    h = attn_mod.num_heads
+    xn = blk.norm1(x)
+    gate = attn_mod.gate(xn).sigmoid() if getattr(attn_mod, "gate", None) is not None else None
+    qkv = attn_mod.qkv(xn).reshape(b, t, 3, h, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    attn = ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    y = (attn @ v).transpose(1, 2).reshape(b, t, -1)
+    y = attn_mod.norm(y)
+    if gate is not None:
+        y = y * gate
+    y = attn_mod.proj(y)
+    x = x + blk.ls1(y)
+    x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+    return x, attn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the interface
+
+
+class BackboneAdapter:
+    """Tokens per layer and attention per layer of a frozen ViT, independent of where the weights came from.
+
+    Attributes: ``model`` (the wrapped ``nn.Module``, eval mode), ``name``, ``num_prefix`` (CLS + registers),
+    ``patch_size``, ``mean`` / ``std`` (input normalisation, RGB in [0, 1]), ``depth``, ``num_heads``,
+    ``embed_dim``. Subclasses implement :meth:`embed`.
+    """
+
+    name: str = "backbone"
+    supports_masks: bool = False
+
+    def __init__(self, model: nn.Module, patch_size: int, num_prefix: int, mean=None, std=None, name=None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.patch_size = int(patch_size)
+        self.num_prefix = int(num_prefix)
+        self.mean = tuple(float(m) for m in (mean if mean is not None else IMAGENET_MEAN))
+        self.std = tuple(float(s) for s in (std if std is not None else IMAGENET_STD))
+        if name is not None:
+            self.name = name
+
+    # --- to implement -------------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor, content_mask=None, pos_mask=None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images ``(B, 3, H, W)`` -> input sequence ``(B, T, D)`` of the first block and the grid."""
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.blocks
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.norm
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.blocks[0].attn.num_heads)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.blocks[0].norm1.normalized_shape[0])
+
+    def resolve_layers(self, layers) -> list[int]:
+        """``None``/``"last"`` -> ``[depth-1]``; ``"all"`` -> every block; ints (negative from the end) checked."""
+        if layers is None or layers == "last":
+            return [self.depth - 1]
+        if layers == "all":
+            return list(range(self.depth))
+        if isinstance(layers, int):
+            layers = [layers]
+        out = []
+        for i in layers:
+            j = int(i) + self.depth if int(i) < 0 else int(i)
+            if not 0 <= j < self.depth:
+                raise AdapterError(f"layer {i} out of range for a {self.depth}-block backbone")
+            out.append(j)
+        return sorted(set(out))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB images in [0, 1] ``(B, 3, H, W)`` -> model input (``(x - mean) / std``)."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    @torch.no_grad()
+    def tokens(self, x: torch.Tensor, layers=None, norm: bool = True, content_mask=None, pos_mask=None):
+        """Patch tokens ``(B, N, D)`` after each requested block (final norm applied if ``norm``), in layer order.
+
+        ``x`` is the normalised input. ``layers``: see :meth:`resolve_layers` (default: the last block).
+        """
+        wanted = self.resolve_layers(layers)
+        seq, _ = self.embed(x, content_mask=content_mask, pos_mask=pos_mask)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            seq = blk(seq)
+            if i in wanted:
+                out = self.final_norm(seq) if norm else seq
+                outs.append(out[:, self.num_prefix :])
+            if i >= wanted[-1]:
+                break
+        return outs
+
+    @torch.no_grad()
+    def iter_attentions(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield the softmax attention ``(B, H, T, T)`` of each block in turn (memory: one layer at a time)."""
+        seq, _ = self.embed(x)
+        for blk in self.blocks:
+            seq, attn = attention_block_forward(blk, seq)
+            yield attn
+
+    def attentions(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Softmax attention ``(B, H, T, T)`` of every block, ``T = num_prefix + N``."""
+        return list(self.iter_attentions(x))
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid of an input of ``height x width`` pixels."""
+        return height // self.patch_size, width // self.patch_size
+
+    def forward_masked(self, x: torch.Tensor, content_mask=None, pos_mask=None) -> torch.Tensor:
+        """Final-normed patch tokens ``(B, N, D)`` with optional [MASK] / [POSMASK] replacement (bool ``(B, N)``)."""
+        if (content_mask is not None or pos_mask is not None) and not self.supports_masks:
+            raise AdapterError(f"{self.name}: this backbone has no [MASK]/[POSMASK] tokens")
+        return self.tokens(x, "last", content_mask=content_mask, pos_mask=pos_mask)[0]
+
+
+class OursAdapter(BackboneAdapter):
+    """:class:`pretrain.models.VisionTransformer` (position field or ``pos_embed``, registers, mask tokens)."""
+
+    supports_masks = True
+
+    def __init__(self, model, mean=None, std=None, name=None):
+        super().__init__(model, model.patch_size, model.num_prefix_tokens, mean, std, name)
+
+    def embed(self, x, content_mask=None, pos_mask=None):
+        return self.model.prepare_tokens(x, content_mask=content_mask, pos_mask=pos_mask)
+
+
+class TimmAdapter(BackboneAdapter):
+    """timm ``VisionTransformer`` (``dynamic_img_size=True`` so any input size interpolates ``pos_embed``)."""
+
+    def __init__(self, model, mean=None, std=None, name=None):
+        patch = model.patch_embed.patch_size
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        super().__init__(model, patch, model.num_prefix_tokens, mean, std, name)
+
+    def embed(self, x, content_mask=None, pos_mask=None):
+        if content_mask is not None or pos_mask is not None:
+            raise AdapterError(f"{self.name}: timm backbones have no [MASK]/[POSMASK] tokens")
+        m = self.model
+        t = m.patch_embed(x)
+        if t.ndim == 4:  # NHWC (dynamic_img_size)
+            grid = (int(t.shape[1]), int(t.shape[2]))
+        else:
+            grid = tuple(int(g) for g in m.patch_embed.grid_size)
+        t = m._pos_embed(t)
+        t = m.patch_drop(t)
+        t = m.norm_pre(t)
+        return t, grid
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _display_name(path: str) -> str:
+    base = os.path.basename(os.fspath(path))
+    for ext in (".pth", ".pt", ".ckpt", ".bin", ".safetensors"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def build_timm_from_canonical(c, grid: tuple[int, int], random_init: bool = False):
+    """timm ``VisionTransformer`` from a :class:`transfer.convert.canonical.CanonicalViT` (LayerScale folded here).
+
+    Positions are materialised once at ``grid`` by the converter's timm writer. With ``random_init`` the same
+    architecture is returned with timm's default random initialisation instead of the weights.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    from transfer.convert.canonical import fold_layerscale
+    from transfer.convert.writers import write_timm
+
+    res = write_timm(fold_layerscale(c), tuple(grid))
+    kw = dict(res.meta["timm_kwargs"])
+    model = VisionTransformer(
+        **kw,
+        dynamic_img_size=True,
+        norm_layer=partial(nn.LayerNorm, eps=res.meta["norm_eps"]),
+        weight_init="" if random_init else "skip",
+    )
+    if not random_init:
+        missing, unexpected = model.load_state_dict(res.state, strict=False)
+        if missing or unexpected:
+            raise AdapterError(f"converted weights do not fit timm's ViT: missing {missing}, unexpected {unexpected}")
+    return model, res.meta
+
+
+def _ours_from_checkpoint(obj, random_init: bool, seed: int):
+    from pretrain.export import is_backbone_checkpoint, load_backbone
+    from pretrain.models.vit import ViTConfig, build_vit
+
+    if is_backbone_checkpoint(obj):
+        if random_init:
+            torch.manual_seed(seed)
+            return build_vit(ViTConfig(**obj["meta"]["arch"])), obj["meta"]
+        return load_backbone(obj)
+    return None
+
+
+def load_adapter(path, image_size: int = 224, random_init: bool = False, seed: int = 0, name=None, **read_options):
+    """Wrap the checkpoint at ``path`` in a :class:`BackboneAdapter`.
+
+    Our exported backbones (and training checkpoints in our layout) become :class:`OursAdapter`; DINOv2, timm and
+    MAE-style checkpoints go through the converter (in memory) and become :class:`TimmAdapter`, with positions
+    materialised at ``image_size // patch``. ``random_init``: same architecture, random weights (seeded).
+    ``read_options``: ``src_format``, ``num_heads``, ``norm_eps``, ``unsafe_load`` as for ``tools/convert_ckpt.py``.
+    """
+    from transfer.convert.canonical import ConversionError
+    from transfer.convert.readers import ReadOptions, load_file, read_checkpoint
+
+    name = name or _display_name(path)
+    unsafe = bool(read_options.pop("unsafe_load", False))
+    try:
+        obj = load_file(os.fspath(path), unsafe_load=unsafe)
+    except ConversionError as e:
+        raise AdapterError(str(e)) from None
+    got = _ours_from_checkpoint(obj, random_init, seed)
+    if got is not None:
+        model, meta = got
+        return OursAdapter(model, meta.get("mean"), meta.get("std"), name=name)
+    try:
+        c, _ = read_checkpoint(obj, ReadOptions(**read_options))
+    except ConversionError as e:
+        raise AdapterError(f"{path}: {e}") from None
+    except TypeError as e:
+        raise AdapterError(f"bad read option: {e}") from None
+    del obj
+    if c.source_format == "ours":  # a training checkpoint: rebuild our own model from the teacher backbone
+        from pretrain.models.vit import ViTConfig, build_vit
+
+        torch.manual_seed(seed)
+        model = build_vit(ViTConfig(**c.source_meta["vit_config"]))
+        if not random_init:
+            model.load_state_dict(c.source_meta["source_state"], strict=True)
+        return OursAdapter(model, c.mean, c.std, name=name)
+    patch = c.arch.patch_size
+    grid = (max(1, image_size // patch), max(1, image_size // patch))
+    torch.manual_seed(seed)
+    model, meta = build_timm_from_canonical(c, grid, random_init=random_init)
+    return TimmAdapter(model, meta.get("mean"), meta.get("std"), name=name)
+
+
+def as_adapter(model_or_adapter, mean=None, std=None, name=None) -> BackboneAdapter:
+    """Wrap an in-memory model (ours or timm) unless it already is an adapter."""
+    if isinstance(model_or_adapter, BackboneAdapter):
+        return model_or_adapter
+    from pretrain.models.vit import VisionTransformer as OursViT
+
+    if isinstance(model_or_adapter, OursViT):
+        return OursAdapter(model_or_adapter, mean, std, name)
+    if hasattr(model_or_adapter, "_pos_embed") and hasattr(model_or_adapter, "blocks"):
+        return TimmAdapter(model_or_adapter, mean, std, name)
+    raise AdapterError(f"cannot wrap {type(model_or_adapter).__name__}: expected our ViT or a timm VisionTransformer")
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make display names unique by suffixing ``-2``, ``-3``... to repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
