@@ -217,10 +217,13 @@ def _steps(model, ddp_model, cfg, batches):
     return losses, torch.cat([p.detach().flatten() for p in model.student.parameters()])
 
 
-def _worker(rank, world, port, cfg_list, batches, result_file):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+def _worker(rank, world, store_file, cfg_list, batches, result_file):
+    import datetime
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # file rendezvous: no port to collide with other processes on the machine; a timeout instead of a hang
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     from omegaconf import OmegaConf
     from torch.nn.parallel import DistributedDataParallel
 
@@ -244,8 +247,8 @@ def test_two_gloo_processes_match_one_process_with_double_batch(toy_images, tmp_
     # and any error of the distributed math itself (targets, gathered KoLeo, gradient averaging) shows.
     per_rank = [[to_double(b_) for b_ in rank_batches] for rank_batches in _batches(cfg, steps, b, 2)]
     result = str(tmp_path / "ddp.pt")
-    port = 29650 + os.getpid() % 200
-    mp.spawn(_worker, args=(2, port, OmegaConf.to_container(cfg), per_rank, result), nprocs=2, join=True)
+    store = str(tmp_path / "rendezvous")
+    mp.spawn(_worker, args=(2, store, OmegaConf.to_container(cfg), per_rank, result), nprocs=2, join=True)
     ddp = torch.load(result, weights_only=True)
 
     torch.manual_seed(0)
