@@ -8,7 +8,7 @@
 #   --seeds N     repeat every point with seeds 0..N-1 (the paper reports the mean of 2)
 #   key=value     MMEngine --cfg-options for every run (e.g. train_dataloader.num_workers=8)
 #
-# Each run trains in <work_dir>/lr{lr}_wd{wd}/seed{s} (default work_dir: work_dirs/ade20k/<config name>);
+# Each run trains in <work_dir>/lr{lr}_wd{wd}/seed{s} (default work_dir: outputs/ade20k/<config name>);
 # finished runs (metrics_final.json) are skipped, interrupted ones resumed; <work_dir>/summary.{md,csv} give
 # mean ± std over seeds per point and mark the best point.
 #

@@ -10,7 +10,7 @@
 #   GPUS         processes per node (default: number of visible GPUs, 1 on CPU)
 #   NNODES       number of nodes (1)            NODE_RANK   this node's rank (0)
 #   MASTER_ADDR  rank-0 node address (127.0.0.1) MASTER_PORT rendezvous port (29500)
-#   OUTPUT_DIR   output folder (default: output/vitdet/<config name>)
+#   OUTPUT_DIR   output folder (default: outputs/vitdet/<config name>)
 #   DETECTRON2_DATASETS  folder holding coco/ (COCO configs); TOY_COCO_ROOT  toy COCO set (toy config)
 #
 # Example (8 GPUs, one node):

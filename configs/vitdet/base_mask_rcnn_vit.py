@@ -58,7 +58,7 @@ model.backbone.square_pad = IMAGE_SIZE
 dataloader = lsj_dataloader(image_size=IMAGE_SIZE, total_batch_size=64, num_workers=4)
 
 train = model_zoo.get_config("common/train.py").train
-train.output_dir = ""  # empty: output/vitdet/<config name> (or --output / OUTPUT_DIR)
+train.output_dir = ""  # empty: outputs/vitdet/<config name> (or --output / OUTPUT_DIR)
 train.init_checkpoint = ""  # set by --init / tools/train_vitdet.sh; never a URL (no downloads)
 train.max_iter = 22128
 train.amp.enabled = True

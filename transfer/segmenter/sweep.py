@@ -259,7 +259,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (paper: 2)")
     p.add_argument("--lrs", type=_floats, help="comma-separated learning rates (overrides the sweep's)")
     p.add_argument("--wds", type=_floats, help="comma-separated weight decays (overrides the sweep's)")
-    p.add_argument("--work-dir", help="default: work_dirs/ade20k/<config name>")
+    p.add_argument("--work-dir", help="default: outputs/ade20k/<config name>")
     p.add_argument("--summary-only", action="store_true", help="only (re)write the summary from finished runs")
     p.add_argument("--keep-going", action="store_true", help="continue with the next run when one fails")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="--cfg-options for every run")
@@ -285,7 +285,7 @@ def main(argv: Optional[List[str]] = None, runner=run_one) -> int:
         if not os.path.isfile(path):
             print(f"[train_ade] {what} not found: {path}", file=sys.stderr)
             return 2
-    work_dir = args.work_dir or os.path.join("work_dirs", "ade20k", os.path.splitext(os.path.basename(args.config))[0])
+    work_dir = args.work_dir or os.path.join("outputs", "ade20k", os.path.splitext(os.path.basename(args.config))[0])
     if args.lrs and args.wds:
         lrs, wds = args.lrs, args.wds
     elif args.sweep:

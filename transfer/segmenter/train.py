@@ -44,7 +44,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("config", help="MMEngine config, e.g. configs/ade20k/segmenter_linear_vit_b_160k.py")
     p.add_argument("--init", required=True, help="converted MMSeg-target backbone checkpoint (tools/convert_ckpt.py)")
-    p.add_argument("--work-dir", help="output folder (default: work_dirs/ade20k/<config name>)")
+    p.add_argument("--work-dir", help="output folder (default: outputs/ade20k/<config name>)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (the poly schedule ends at min_lr_ratio x lr)")
     p.add_argument("--wd", type=float, help="AdamW weight decay")
     p.add_argument("--seed", type=int, help="random seed (default: the config's randomness.seed)")
@@ -141,7 +141,7 @@ def prepare_config(args: argparse.Namespace):
     cfg.work_dir = (
         args.work_dir
         or cfg.get("work_dir")
-        or os.path.join("work_dirs", "ade20k", os.path.splitext(os.path.basename(args.config))[0])
+        or os.path.join("outputs", "ade20k", os.path.splitext(os.path.basename(args.config))[0])
     )
     cfg.launcher = args.launcher
     if args.seed is not None:

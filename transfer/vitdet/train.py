@@ -111,7 +111,7 @@ def setup_config(args):
         cfg.train.output_dir = args.output
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not cfg.train.get("output_dir"):
-        cfg.train.output_dir = os.path.join("output", "vitdet", os.path.splitext(os.path.basename(args.config_file))[0])
+        cfg.train.output_dir = os.path.join("outputs", "vitdet", os.path.splitext(os.path.basename(args.config_file))[0])
     if not torch.cuda.is_available() and str(cfg.train.get("device", "cuda")).startswith("cuda"):
         logger.warning("CUDA is not available: training on CPU in fp32 with SimpleTrainer")
         cfg.train.device = "cpu"
