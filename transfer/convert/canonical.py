@@ -44,6 +44,9 @@ BLOCK_PARAMS = (
     "mlp.fc2.bias",
 )
 OPTIONAL_BLOCK_PARAMS = ("attn.qkv.bias", "ls1.gamma", "ls2.gamma")
+# What every block of a finished canonical ViT holds: LayerScale folded away, a qkv bias always present (zeros
+# written by the readers when the source has none), so writers can emit it for every target.
+CANONICAL_BLOCK_PARAMS = BLOCK_PARAMS + ("attn.qkv.bias",)
 
 
 class ConversionError(ValueError):

@@ -28,27 +28,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .canonical import CanonicalViT, ConversionError, patch_pos_at
+from .canonical import CANONICAL_BLOCK_PARAMS, CanonicalViT, ConversionError, patch_pos_at
 
 TARGETS = ("detectron2", "mmseg", "timm")
 DEFAULT_GRIDS = {"detectron2": (64, 64), "mmseg": (32, 32), "timm": (14, 14)}  # 1024/16, 512/16, 224/16
 CONVERTER = "ssl-vit-toolkit/convert"
 CONVERTER_VERSION = 1
 
-_BLOCK_TIMM = (
-    "norm1.weight",
-    "norm1.bias",
-    "attn.qkv.weight",
-    "attn.qkv.bias",
-    "attn.proj.weight",
-    "attn.proj.bias",
-    "norm2.weight",
-    "norm2.bias",
-    "mlp.fc1.weight",
-    "mlp.fc1.bias",
-    "mlp.fc2.weight",
-    "mlp.fc2.bias",
-)
 _BLOCK_MMSEG = {
     "norm1.weight": "ln1.weight",
     "norm1.bias": "ln1.bias",
@@ -164,7 +150,7 @@ def write_detectron2(
     put("patch_embed.proj.bias", "patch_embed.proj.bias", c.state["patch_embed.proj.bias"])
     put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
     for i in range(c.arch.depth):
-        for k in _BLOCK_TIMM:
+        for k in CANONICAL_BLOCK_PARAMS:
             put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
     for k in ("norm.weight", "norm.bias"):
         if k in c.state:
@@ -308,7 +294,7 @@ def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens:
         dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
     put("pos", "pos_embed", pos)
     for i in range(c.arch.depth):
-        for k in _BLOCK_TIMM:
+        for k in CANONICAL_BLOCK_PARAMS:
             put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
     if c.has_final_norm:
         put("norm.weight", "norm.weight", c.state["norm.weight"])
