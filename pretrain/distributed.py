@@ -41,6 +41,10 @@ def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """
     if not is_dist():
         return t
+    import warnings
+
     import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(t), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd all-gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(t), dim=0)

@@ -139,8 +139,9 @@ def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) ->
 class StopSignal:
     """Records SIGTERM/SIGINT; the loop checkpoints and exits at the end of the current iteration."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.signum = None
+        self.device = device  # NCCL all-reduces CUDA tensors only
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
@@ -151,8 +152,8 @@ class StopSignal:
             signal.signal(s, h)
 
     def requested(self) -> bool:
-        flag = torch.tensor(1.0 if self.signum is not None else 0.0)
-        du.all_reduce_sum(flag)  # a signal on any process stops all of them (gloo tensor on CPU)
+        flag = torch.tensor(1.0 if self.signum is not None else 0.0, device=self.device)
+        du.all_reduce_sum(flag)  # a signal on any process stops all of them
         return flag.item() > 0
 
 
@@ -207,7 +208,7 @@ def train(cfg) -> dict:
     writer = MetricWriter(out_dir, stop_at, start, enabled=du.is_main())
     if skipped:
         writer.log_event(start, skipped_files=skipped)
-    stopper = StopSignal()
+    stopper = StopSignal(device)
     nonfinite, it = 0, start
     images_per_it = cfg.train.batch_size_per_gpu * du.world_size()
     last_saved = None
