@@ -40,4 +40,7 @@ class DINOHead(nn.Module):
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = F.normalize(x, dim=-1, p=2, eps=eps)
-        return F.linear(x, F.normalize(self.last_layer.weight, dim=1, eps=eps))
+        # x @ (W / |W|_rows)^T == (x @ W^T) / |W|_rows: dividing the (tokens, K) output is exact and, with
+        # K = 65,536 prototypes of width 256, cheaper than normalising the (K, 256) matrix (and its backward)
+        w = self.last_layer.weight
+        return F.linear(x, w) / w.norm(dim=1).clamp_min(eps)
