@@ -45,6 +45,14 @@ def uses_position_masking(cfg) -> bool:
     return cfg.masking.mask_probability * (1.0 - cfg.masking.content_fraction) > 0
 
 
+def _keep_in_graph(head: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """A zero that ties ``head``'s parameters to the loss when it saw no token this step (DDP expects every
+    parameter to receive a gradient); nothing otherwise."""
+    if logits.shape[0] > 0:
+        return logits.new_zeros(())
+    return 0.0 * sum(p.view(-1)[0] for p in head.parameters())
+
+
 class SSLMetaArch(nn.Module):
     """Holds ``student`` and ``teacher`` (``nn.ModuleDict`` of backbone and heads) and computes the losses."""
 
@@ -123,12 +131,13 @@ class SSLMetaArch(nn.Module):
         zero = g["patch"].new_zeros(())
         terms["ibot"] = zero
         if self.use_content:
-            logits = self._ibot_head(s)(g["patch"][content])
-            terms["ibot"] = masked_patch_loss(logits, targets["ibot"], content, temp)
+            head = self._ibot_head(s)
+            logits = head(g["patch"][content])
+            terms["ibot"] = masked_patch_loss(logits, targets["ibot"], content, temp) + _keep_in_graph(head, logits)
         terms["pos"] = zero
         if self.use_pos:
             logits = s["pos_head"](g["patch"][pos])
-            terms["pos"] = masked_patch_loss(logits, targets["pos"], pos, temp)
+            terms["pos"] = masked_patch_loss(logits, targets["pos"], pos, temp) + _keep_in_graph(s["pos_head"], logits)
         terms["koleo"] = zero
         if float(cfg.koleo_weight) > 0:
             terms["koleo"] = sum(koleo_loss(c, scope=str(cfg.koleo_scope)) for c in g["cls"].chunk(n_g))
@@ -138,8 +147,6 @@ class SSLMetaArch(nn.Module):
             + float(cfg.pos_weight) * terms["pos"]
             + float(cfg.koleo_weight) * terms["koleo"]
         )
-        # Keep every trainable parameter in the graph (DDP needs it), e.g. a head with no masked patch this step.
-        total = total + 0.0 * sum(p.view(-1)[0] for p in s.parameters() if p.requires_grad)
         terms["loss"] = total
         return terms
 

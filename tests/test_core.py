@@ -378,3 +378,16 @@ def test_vit_small_multicrop_forward_backward_cpu():
     # a freshly initialised model: every CE term is close to log(K) at uniform teacher targets
     assert abs(out["dino"].item() - math.log(65536)) < 1.0
     assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_head_without_tokens_stays_in_graph_with_zero_gradient():
+    """DDP needs every parameter to get a gradient: a head that saw no masked patch gets exact zeros."""
+    model = SSLMetaArch(tiny_cfg())
+    pm = torch.zeros(6, 16, dtype=torch.bool)
+    pm[[0, 3], 2:6] = True  # position masks only: the iBOT head sees no token this step
+    out = model(tiny_batch(pos=pm), 0.04)
+    assert out["ibot"].item() == 0.0
+    out["loss"].backward()
+    for p in model.student["ibot_head"].parameters():
+        assert p.grad is not None and p.grad.abs().max().item() == 0.0
+    assert model.student["pos_head"].mlp[0].weight.grad.abs().sum() > 0

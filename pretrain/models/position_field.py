@@ -104,6 +104,15 @@ class PositionField(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
+def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a ``(1, d, h, w)`` position grid to ``size`` in one bicubic step (``align_corners=False``, no
+    antialias, no offset): the rule of the field-off model and of the converters, which must agree."""
+    if tuple(grid.shape[2:]) == tuple(size):
+        return grid
+    out = F.interpolate(grid.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
+    return out.to(grid.dtype)
+
+
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
     """Resample a ``(1, num_prefix + n*n, d)`` learned grid embedding to ``grid`` (bicubic), DINOv2 style.
 
@@ -117,6 +126,5 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_pr
     if (side, side) == tuple(grid):
         return patch
     d = patch.shape[-1]
-    patch = patch.reshape(1, side, side, d).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-    return patch.permute(0, 2, 3, 1).reshape(1, -1, d).to(pos_embed.dtype)
+    patch = resize_pos_grid(patch.reshape(1, side, side, d).permute(0, 3, 1, 2), grid)
+    return patch.permute(0, 2, 3, 1).reshape(1, -1, d)

@@ -25,7 +25,6 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 # Standard ViT widths -> heads. Heads cannot be read from the weights (qkv is (3D, D) for any head count).
 HEADS_BY_EMBED_DIM = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1536: 24}
@@ -288,9 +287,9 @@ def patch_pos_at(c: CanonicalViT, grid: tuple[int, int]) -> torch.Tensor:
         with torch.no_grad():
             pf.field.copy_(f)
             return pf.materialise((gh, gw))[None].detach().clone()
-    g = c.pos_grid.float()
-    if tuple(g.shape[2:]) != (gh, gw):
-        g = F.interpolate(g, size=(gh, gw), mode="bicubic", align_corners=False, antialias=False)
+    from pretrain.models.position_field import resize_pos_grid
+
+    g = resize_pos_grid(c.pos_grid.float(), (gh, gw))
     return g.flatten(2).transpose(1, 2).contiguous()
 
 
