@@ -234,9 +234,14 @@ def _worker(rank, world, store_file, cfg_list, batches, result_file):
     losses, params = _steps(model, ddp, cfg, batches[rank])
     if rank == 0:
         torch.save({"losses": losses, "params": params}, result_file)
+    # Teardown order matters: a DDP Reducer that outlives destroy_process_group() drops the last reference to the
+    # gloo group at function exit, whose destructor joins its worker thread while holding the GIL (deadlock).
+    dist.barrier()
+    del ddp
     dist.destroy_process_group()
 
 
+@pytest.mark.timeout(180)
 def test_two_gloo_processes_match_one_process_with_double_batch(toy_images, tmp_path):
     from omegaconf import OmegaConf
 
