@@ -1,17 +1,25 @@
 #!/usr/bin/env python
 """Pretraining step cost: ours vs DINOv2-dagger, framework overhead, FLOPs. Ratios measured in one run.
 
-    python benchmarks/pretrain_step.py [--sizes tiny,vits16[,vitb16]] [--batch 2] [--steps 5] [--device auto]
+    python benchmarks/pretrain_step.py [--sizes tiny,vits16[,vitb16]] [--batch 2] [--steps 8] [--device auto]
 
-For each model size it runs, each in a fresh subprocess (so peak memory is per variant):
+Variants, all built from the same code and fed the same collated batch:
 - ``ours``: position field + content/position masking (50/50 over all global crops), three heads;
-- ``dinov2``: the same code with the field off and position masking off (content masking on 50% of the crops);
-- ``bare``: a bare forward+backward of the same student ViT (field on) over the same crops, no teacher, heads,
-  losses, optimiser or EMA;
-and prints the median step time, peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth over the
-process's RSS before the first step), the ratios ours/dinov2 and ours/bare, the backbone's FLOPs per image
-(fvcore, counting one multiply-add as 2 FLOPs, scaled_dot_product_attention included) and the achieved FLOP/s of
-the bare backbone step (forward + backward ~ 3x forward FLOPs).
+- ``dinov2``: DINOv2-dagger as configured in ``configs/pretrain/vits16_dinov2.yaml``: field off, position masking
+  off, content masking on 50% of the global crops (DINOv2's recipe), two heads;
+- ``dinov2_allmask``: field off, position masking off, every global crop content-masked (Table 5b's
+  "content 1.0" row with the field off): the same number of masked tokens as ``ours``, so the difference to
+  ``ours`` is the position field and the separate position head alone;
+- ``bare``: a bare forward+backward of ``ours``' student ViT over the same crops (no teacher, heads, losses,
+  optimiser or EMA).
+
+Timing: all variants live in one process and their steps are interleaved round by round (rotating the order),
+so drifts of a shared machine hit every variant alike; the median per variant is reported. FLOPs per step:
+``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward matmuls and attention;
+elementwise work is not counted), so ``time ratio / FLOP ratio`` is the cost per FLOP of the full step relative
+to the bare one, i.e. the framework overhead proper. Peak memory: each variant in a fresh subprocess (CUDA:
+``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The backbone's FLOPs per
+image come from fvcore (one multiply-add = 2 FLOPs, ``scaled_dot_product_attention`` included).
 """
 from __future__ import annotations
 
@@ -27,14 +35,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZES = {
-    # name: (config overrides, global size, local size)
-    "tiny": (["configs/pretrain/tiny_demo.yaml"], []),
-    "vits16": (["configs/pretrain/vits16_ours.yaml"], []),
-    "vitb16": (["configs/pretrain/vitb16_ours.yaml"], []),
+    "tiny": ["configs/pretrain/tiny_demo.yaml"],
+    "vits16": ["configs/pretrain/vits16_ours.yaml"],
+    "vitb16": ["configs/pretrain/vitb16_ours.yaml"],
 }
 VARIANTS = {
     "ours": [],
     "dinov2": ["pos_field.enabled=false", "masking.mask_probability=0.5", "masking.content_fraction=1.0"],
+    "dinov2_allmask": ["pos_field.enabled=false", "masking.mask_probability=1.0", "masking.content_fraction=1.0"],
     "bare": [],
 }
 
@@ -90,7 +98,16 @@ def backbone_flops(cfg) -> float:
     return 2.0 * fca.total()
 
 
-def run_variant(size: str, variant: str, batch: int, steps: int, device_name: str) -> dict:
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_variant(size: str, variant: str, batch: int, device):
+    """Returns ``(step function, number of masked tokens)`` for one variant."""
     import torch
 
     from pretrain.engine.config import load_config
@@ -98,18 +115,16 @@ def run_variant(size: str, variant: str, batch: int, steps: int, device_name: st
     from pretrain.engine.train import autocast_context, train_step
     from pretrain.ssl import SSLMetaArch
 
-    files, extra = SIZES[size]
     overrides = ["train.data=unused", f"train.batch_size_per_gpu={batch}", "model.drop_path_rate=0.0"]
-    cfg = load_config(files, overrides + extra + VARIANTS[variant])
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device_name == "auto" else device_name))
+    cfg = load_config(SIZES[size], overrides + VARIANTS[variant])
     torch.manual_seed(0)
     model = SSLMetaArch(cfg).to(device).train()
     data = make_batch(cfg, batch, device)
+    masked = int(data["content_masks"].sum()) + int(data["pos_masks"].sum())
     values = {"lr": 1e-4, "wd": 0.04, "momentum": 0.996, "teacher_temp": 0.04, "last_layer_lr": 1e-4}
     if variant == "bare":
         backbone = model.student["backbone"]
-        params = [p for p in backbone.parameters()]
+        params = list(backbone.parameters())
         del model  # nothing but the ViT and its crops
 
         def step():
@@ -120,75 +135,133 @@ def run_variant(size: str, variant: str, batch: int, steps: int, device_name: st
             for p in params:
                 p.grad = None
             loss.backward()
-    else:
-        optimizer = build_optimizer(model.student, cfg)
 
-        def step():
-            train_step(model, model, optimizer, data, values, cfg, device)
+        return step, 0
+    optimizer = build_optimizer(model.student, cfg)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def step():
+        train_step(model, model, optimizer, data, values, cfg, device)
 
-    step()  # warm-up (allocations, kernels)
-    sync()
+    return step, masked
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variants(size: str, batch: int, steps: int, device_name: str) -> dict:
+    """All variants in this process, steps interleaved round by round. Median seconds, FLOPs per step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = pick_device(device_name)
+    steps_fn, out = {}, {}
+    for v in VARIANTS:
+        steps_fn[v], masked = build_variant(size, v, batch, device)
+        steps_fn[v]()  # warm-up (allocations, kernels)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            steps_fn[v]()
+        out[v] = {"masked_tokens": masked, "flops": float(counter.get_total_flops()), "times": []}
+    names = list(VARIANTS)
+    for r in range(steps):
+        for v in names[r % len(names):] + names[: r % len(names)]:
+            _sync(device)
+            t = time.perf_counter()
+            steps_fn[v]()
+            _sync(device)
+            out[v]["times"].append(time.perf_counter() - t)
+    for v in names:
+        t = sorted(out[v]["times"])
+        out[v]["step_s"] = statistics.median(t)
+        out[v]["spread"] = (t[0], t[-1])
+    return {"device": str(device), "variants": out}
+
+
+def peak_memory(size: str, variant: str, batch: int, steps: int, device_name: str) -> dict:
+    import torch
+
+    device = pick_device(device_name)
+    step, _ = build_variant(size, variant, batch, device)
+    step()
+    _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = rss_bytes()
-    times = []
     for _ in range(steps):
-        sync()
-        t = time.perf_counter()
         step()
-        sync()
-        times.append(time.perf_counter() - t)
+    _sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"size": size, "variant": variant, "step_s": statistics.median(times), "peak_bytes": max(peak, 0),
-            "device": str(device), "images": batch}
+    return {"peak_bytes": max(peak, 0)}
+
+
+def _child(args, *extra) -> dict:
+    cmd = [sys.executable, __file__, "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
+           *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"benchmark child failed: {' '.join(extra)}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--sizes", default="tiny,vits16")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--child", nargs=2, metavar=("SIZE", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--timing-child", metavar="SIZE", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_variant(*args.child, args.batch, args.steps, args.device)))
+    if args.timing_child:
+        print(json.dumps(time_variants(args.timing_child, args.batch, args.steps, args.device)))
         return 0
+    if args.memory_child:
+        print(json.dumps(peak_memory(*args.memory_child, args.batch, args.steps, args.device)))
+        return 0
+    for size in args.sizes.split(","):
+        if size not in SIZES:
+            parser.error(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     import torch
 
     from pretrain.engine.config import load_config
 
     print(f"torch {torch.__version__}, device {args.device}, cuda available: {torch.cuda.is_available()}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch} images per step, median of {args.steps} steps")
-    print(f"{'size':8s} {'variant':8s} {'step (s)':>9s} {'peak mem (MiB)':>15s}")
+          f"threads {torch.get_num_threads()}, batch {args.batch} images per step, median of {args.steps} "
+          f"interleaved steps; memory over {args.memory_steps} steps in a fresh process per variant")
     for size in args.sizes.split(","):
-        res = {}
-        for variant in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--child", size, variant, "--batch", str(args.batch),
-                                  "--steps", str(args.steps), "--device", args.device],
-                                 capture_output=True, text=True, check=True)
-            res[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-            r = res[variant]
-            print(f"{size:8s} {variant:8s} {r['step_s']:9.3f} {r['peak_bytes'] / 2**20:15.1f}")
-        o, d, b = res["ours"], res["dinov2"], res["bare"]
-        cfg = load_config(SIZES[size][0], ["train.data=unused"])
+        t0 = time.perf_counter()
+        timing = _child(args, "--timing-child", size)
+        mem = {v: _child(argparse.Namespace(batch=args.batch, steps=args.memory_steps, device=args.device),
+                         "--memory-child", size, v)["peak_bytes"] for v in VARIANTS}
+        res = timing["variants"]
+        print(f"\n[{size}] on {timing['device']} ({time.perf_counter() - t0:.0f} s)")
+        print(f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'GFLOP/step':>11s} "
+              f"{'GFLOP/s':>8s} {'peak MiB':>9s}")
+        for v, r in res.items():
+            print(f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
+                  f"{r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mem[v] / 2**20:9.1f}")
+        o, b = res["ours"], res["bare"]
+        for ref in ("dinov2", "dinov2_allmask"):
+            d = res[ref]
+            t_ratio, f_ratio = o["step_s"] / d["step_s"], o["flops"] / d["flops"]
+            print(f"ours/{ref}: time {t_ratio:.3f}x, FLOPs {f_ratio:.3f}x, time per FLOP {t_ratio / f_ratio:.3f}x, "
+                  f"memory {mem['ours'] / max(mem[ref], 1):.3f}x")
+        t_ratio, f_ratio = o["step_s"] / b["step_s"], o["flops"] / b["flops"]
+        print(f"full step/bare fwd+bwd: time {t_ratio:.3f}x, FLOPs {f_ratio:.3f}x, "
+              f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x")
+        cfg = load_config(SIZES[size], ["train.data=unused"])
         flops = backbone_flops(cfg)
-        c = cfg.crops
-        crops_equiv = c.n_global + c.n_local * (c.local_size / c.global_size) ** 2
-        achieved = 3 * flops * crops_equiv * args.batch / b["step_s"]
-        print(f"{size}: ours/dinov2 time {o['step_s'] / d['step_s']:.3f}x, memory "
-              f"{o['peak_bytes'] / max(d['peak_bytes'], 1):.3f}x | full step/bare fwd+bwd time "
-              f"{o['step_s'] / b['step_s']:.3f}x | backbone {flops / 1e9:.2f} GFLOPs per {c.global_size}px image, "
-              f"bare step achieves {achieved / 1e9:.1f} GFLOP/s (local crops counted by area)")
+        print(f"backbone (fvcore): {flops / 1e9:.2f} GFLOPs per {cfg.crops.global_size} px image (forward)")
     return 0
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from pretrain.losses import dino_cls_loss, koleo_loss, masked_patch_loss, sinkhorn_knopp
+from pretrain.losses import dino_cls_loss, koleo_loss, masked_patch_loss, sinkhorn_knopp, sinkhorn_knopp_log
 from pretrain.losses.targets import SoftmaxCentering
 from pretrain.models import DINOHead, PositionField, ViTConfig, build_vit
 from pretrain.models.position_field import patch_centres
@@ -147,16 +147,68 @@ def test_registers_have_no_position_and_come_after_cls():
 
 # ----------------------------------------------------------------------------------------------- heads
 def test_head_last_layer_is_weight_normalised():
-    head = DINOHead(8, out_dim=5, hidden_dim=16, bottleneck_dim=4, nlayers=3)
-    x = torch.randn(3, 8)
+    # 3 tokens < bottleneck 4 takes the divide-the-output branch, 9 tokens the normalise-the-matrix branch:
+    # both must equal the explicit formula, in value and in gradient
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=5, hidden_dim=16, bottleneck_dim=4, nlayers=3).double()
     with torch.no_grad():
         head.last_layer.weight.mul_(7.0)  # scaling the raw weight must not change the output
-    y = head(x)
-    z = head.mlp(x)
-    z = z / z.norm(dim=-1, keepdim=True)
-    w = head.last_layer.weight / head.last_layer.weight.norm(dim=1, keepdim=True)
-    torch.testing.assert_close(y, z @ w.t())
-    assert y.abs().max() <= 1.0 + 1e-6  # cosine similarities
+    for n in (3, 9):
+        x = torch.randn(n, 8, dtype=torch.float64)
+        g = torch.randn(n, 5, dtype=torch.float64)
+        head.zero_grad()
+        y = head(x)
+        (y * g).sum().backward()
+        grads = [p.grad.clone() for p in head.parameters()]
+        head.zero_grad()
+        z = head.mlp(x)
+        z = z / z.norm(dim=-1, keepdim=True)
+        w = head.last_layer.weight / head.last_layer.weight.norm(dim=1, keepdim=True)
+        ref = z @ w.t()
+        (ref * g).sum().backward()
+        torch.testing.assert_close(y, ref)
+        for got, p in zip(grads, head.parameters()):
+            torch.testing.assert_close(got, p.grad)
+        assert y.abs().max() <= 1.0 + 1e-9  # cosine similarities
+
+
+def test_normalized_linear_gradcheck_both_branches_and_clamped_rows():
+    from pretrain.models import normalized_linear
+
+    torch.manual_seed(3)
+    w = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    for n in (2, 9):  # fewer / more tokens than the width 4: output-side / matrix-side normalisation
+        x = torch.randn(n, 4, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(normalized_linear, (x, w))
+    # a row below eps: the clamp's derivative is zero, so that row's gradient is the plain linear one / eps
+    w0 = w.detach().clone()
+    w0[3] = 1e-14
+    w0.requires_grad_(True)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    (normalized_linear(x, w0, 1e-12) * g).sum().backward()
+    ref_w = w0.detach().clone().requires_grad_(True)
+    (F.linear(x, ref_w) / ref_w.norm(dim=1).clamp_min(1e-12) * g).sum().backward()
+    torch.testing.assert_close(w0.grad, ref_w.grad)
+    torch.testing.assert_close(w0.grad[3], g[:, 3] @ x / 1e-12)
+
+
+def test_normalized_linear_under_cpu_autocast():
+    from pretrain.models import normalized_linear
+
+    torch.manual_seed(4)
+    x = torch.randn(6, 16)
+    w = torch.randn(32, 16, requires_grad=True)
+    ref = F.linear(x, w) / w.norm(dim=1)
+    (ref * ref).sum().backward()
+    ref_grad, w.grad = w.grad.clone(), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = normalized_linear(x, w)
+    assert y.dtype == torch.bfloat16
+    (y.float() * y.float()).sum().backward()
+    assert w.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(w.grad, ref_grad, atol=0.1, rtol=0.05)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -185,6 +237,29 @@ def test_sinkhorn_knopp_numerically_safe():
         naive = naive / naive.sum(dim=1, keepdim=True) / 6
         naive = naive / naive.sum(dim=0, keepdim=True) / 8
     torch.testing.assert_close(sinkhorn_knopp(moderate, 0.1), (naive * 8).t(), atol=1e-6, rtol=1e-5)
+
+
+def test_sinkhorn_knopp_fast_path_equals_log_domain():
+    # cosine-range logits as the heads produce, at the teacher temperatures in use, and a wide random case
+    torch.manual_seed(2)
+    for logits, temp in [(torch.rand(50, 300) * 2 - 1, 0.04), (torch.rand(50, 300) * 2 - 1, 0.07),
+                         (torch.randn(17, 64) * 3, 0.1)]:
+        ref = sinkhorn_knopp_log(logits.double(), temp)
+        torch.testing.assert_close(sinkhorn_knopp(logits, temp).double(), ref, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(sinkhorn_knopp(logits.double(), temp), ref, atol=1e-12, rtol=1e-10)
+
+
+def test_sinkhorn_knopp_underflowing_sample_falls_back_to_log_domain():
+    # sample 0 scores 13/0.04 = 325 below the others on every prototype: exp underflows for its whole column,
+    # which the exp-domain path detects (0/0) and hands to the log domain
+    logits = torch.full((6, 5), 3.0)
+    logits[1:] += torch.linspace(0, 0.5, 5)
+    logits[0] = -10.0
+    assert (torch.exp((logits[0] - logits.amax(0)) / 0.04) == 0).all()
+    q = sinkhorn_knopp(logits, temp=0.04)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q.double(), sinkhorn_knopp_log(logits.double(), 0.04), atol=1e-5, rtol=1e-4)
 
 
 def test_softmax_centering_matches_hand_computation():

@@ -1,7 +1,7 @@
 from .dino import dino_cls_loss, soft_cross_entropy
 from .koleo import koleo_loss
 from .patch import masked_patch_loss
-from .targets import SoftmaxCentering, TeacherTargets, sinkhorn_knopp
+from .targets import SoftmaxCentering, TeacherTargets, sinkhorn_knopp, sinkhorn_knopp_log
 
 __all__ = [
     "dino_cls_loss",
@@ -11,4 +11,5 @@ __all__ = [
     "SoftmaxCentering",
     "TeacherTargets",
     "sinkhorn_knopp",
+    "sinkhorn_knopp_log",
 ]

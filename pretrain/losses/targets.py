@@ -30,14 +30,41 @@ def _logsumexp_over_batch(x: torch.Tensor) -> torch.Tensor:
 def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
     """Sinkhorn-Knopp targets: rows (samples) sum to 1; prototypes get equal mass ``B/K`` (up to convergence).
 
-    The same iterations as DINOv2's (normalise total mass, then alternately prototypes and samples), carried out
-    in the log domain, so neither large logits at low temperature (``exp`` overflow: DINOv2 returns NaN once
-    logit/temperature passes ~88) nor prototypes whose scores underflow (rows of zeros, 0/0) break it.
-    The batch may span processes (global normalisation by all-reduce).
+    DINOv2's iterations (normalise the total mass, then alternately prototypes and samples), made numerically
+    safe: DINOv2's ``exp(logits / temp)`` overflows once logit/temperature passes ~88 and returns NaN.
+    The fast path works in the exp domain after subtracting each prototype's maximum over the (global) batch;
+    the next step normalises each prototype's row anyway, so the shift changes nothing, every entry is <= 1
+    and every prototype's row sum is >= 1. Only a *sample* whose scores underflow for every prototype can
+    still give 0/0; then (checked on all processes together) the whole computation is redone in the log
+    domain (:func:`sinkhorn_knopp_log`). The batch may span processes (global normalisation by all-reduce).
     """
+    lq = upcast(logits).t()  # (K, B)
+    if lq.numel() and lq.shape[1] > 0:
+        row_max = lq.amax(dim=1, keepdim=True)
+    else:
+        row_max = lq.new_full((lq.shape[0], 1), -torch.inf)
+    row_max = all_reduce_max(row_max)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    q = (lq - row_max).div_(temp).exp_()
+    # the global-mass normalisation and the 1/K, 1/B factors are absorbed by the next normalisation each
+    # time, so only the final one (samples sum to 1) is applied
+    bad = torch.zeros((), device=q.device)
+    for _ in range(n_iterations):
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+        col = q.sum(dim=0, keepdim=True)
+        bad = torch.maximum(bad, (~(col > 0)).any().to(bad.dtype))
+        q /= col
+    if all_reduce_max(bad).item() > 0:
+        return sinkhorn_knopp_log(logits, temp, n_iterations)
+    return q.t()
+
+
+@torch.no_grad()
+def sinkhorn_knopp_log(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """:func:`sinkhorn_knopp` in the log domain: safe for any finite logits, about 3x the memory traffic."""
     lq = (upcast(logits) / temp).t()  # (K, B)
     k = lq.shape[0]
-    b = all_reduce_sum(torch.tensor(float(lq.shape[1]), device=lq.device))
+    b = all_reduce_sum(torch.tensor(float(lq.shape[1]), device=lq.device, dtype=lq.dtype))
     total = _logsumexp_over_batch(torch.logsumexp(lq, dim=0, keepdim=True))  # (1, 1): log of the global mass
     lq = lq - total
     log_k, log_b = math.log(k), torch.log(b)
