@@ -130,11 +130,12 @@ def test_coco_objects_are_visible(toy_root):
 # ------------------------------------------------------------------------------------------------------------------
 # ADE
 # ------------------------------------------------------------------------------------------------------------------
-def test_ade_label_maps(toy_root):
+@pytest.mark.parametrize("which", ["ade", "ade_texture"])
+def test_ade_label_maps(toy_root, which):
     k = SMALL["ade_classes"]
     for split, sub, num in (("train", "training", SMALL["ade_train"]), ("val", "validation", SMALL["ade_val"])):
-        img_dir = os.path.join(toy_root["ade"], "images", sub)
-        ann_dir = os.path.join(toy_root["ade"], "annotations", sub)
+        img_dir = os.path.join(toy_root[which], "images", sub)
+        ann_dir = os.path.join(toy_root[which], "annotations", sub)
         imgs, anns = sorted(os.listdir(img_dir)), sorted(os.listdir(ann_dir))
         assert len(imgs) == num and [os.path.splitext(n)[0] for n in imgs] == [os.path.splitext(n)[0] for n in anns]
         assert all(n.endswith(".jpg") for n in imgs) and all(n.endswith(".png") for n in anns)
@@ -145,6 +146,36 @@ def test_ade_label_maps(toy_root):
             labels = set(np.unique(lab).tolist())
             assert labels <= set(range(k + 1))
             assert len(labels - {0}) >= 2, f"{name}: expected at least two classes, got {labels}"
+
+
+def _region_colour_accuracy(root, min_pixels=64):
+    """Nearest-centroid accuracy of predicting a labelled region's class from its mean RGB (train -> val)."""
+    def regions(sub):
+        out = []
+        img_dir, ann_dir = os.path.join(root, "images", sub), os.path.join(root, "annotations", sub)
+        for name in sorted(os.listdir(img_dir)):
+            img = np.asarray(Image.open(os.path.join(img_dir, name)), dtype=np.float64)
+            lab = np.asarray(Image.open(os.path.join(ann_dir, name[:-4] + ".png")))
+            out += [(c, img[lab == c].mean(0)) for c in np.unique(lab) if c > 0 and (lab == c).sum() >= min_pixels]
+        return out
+
+    train, val = regions("training"), regions("validation")
+    classes = sorted({c for c, _ in train})
+    centroids = np.stack([np.mean([m for c2, m in train if c2 == c], axis=0) for c in classes])
+    pred = [classes[int(np.argmin(((centroids - m) ** 2).sum(1)))] for _, m in val]
+    return float(np.mean([p == c for p, (c, _) in zip(pred, val)])), len(val)
+
+
+def test_ade_texture_set_hides_the_class_from_colour(tmp_path):
+    # the colour set's classes are read off their mean colour; the texture set's are not (6 classes: chance 1/6)
+    kw = dict(num_train=16, num_val=12, image_size=(96, 96), seed=0, num_classes=6)
+    acc_colour, n1 = _region_colour_accuracy(toy.make_toy_ade(str(tmp_path / "c"), **kw)["root"])
+    acc_texture, n2 = _region_colour_accuracy(toy.make_toy_ade(str(tmp_path / "t"), appearance="texture", **kw)["root"])
+    assert n1 >= 20 and n2 >= 20
+    assert acc_colour >= 0.8, acc_colour
+    assert acc_texture <= 0.4, acc_texture
+    with pytest.raises(ValueError, match="appearance"):
+        toy.make_toy_ade(str(tmp_path / "x"), appearance="shape", **kw)
 
 
 # MMSeg 1.2.2's own configs/_base_/datasets/ade20k.py passes reduce_zero_label=True to LoadAnnotations (it warns)
@@ -196,7 +227,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, toy_root):
     c = toy.make_toy_all(str(tmp_path / "c"), seed=1, **SMALL)
     da, db, dc = _digests(a["root"]), _digests(b["root"]), _digests(c["root"])
     n_files = (
-        SMALL["num_images"] + SMALL["coco_train"] + SMALL["coco_val"] + 2 + 2 * (SMALL["ade_train"] + SMALL["ade_val"])
+        SMALL["num_images"] + SMALL["coco_train"] + SMALL["coco_val"] + 2 + 4 * (SMALL["ade_train"] + SMALL["ade_val"])
     )
     assert da == db and len(da) == n_files
     # the atomic ensure_toy_data path writes the same bytes (plus its marker)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the deterministic toy data sets (pretraining images, COCO instances, ADE20K layout).
+"""Generate the deterministic toy data sets (pretraining images, COCO instances, ADE20K layout by colour and by texture).
 
 Examples::
 
@@ -47,6 +47,12 @@ def main(argv=None):
     p.add_argument("--size", type=_size, default=(256, 256), help="COCO/ADE image size, N or HxW")
     p.add_argument("--num-classes", type=int, default=6, help="ADE classes (labels 1..K)")
     p.add_argument(
+        "--appearance",
+        choices=toy.ADE_APPEARANCES,
+        default="colour",
+        help="--what ade: classes told apart by colour (and texture) or by texture alone (random colours)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="images/coco/ade: replace previously generated files; all: regenerate even if up to date",
@@ -72,9 +78,9 @@ def main(argv=None):
             paths = toy.ensure_toy_data(args.out, force=args.overwrite, **kw)
             if before is not None and os.stat(marker).st_mtime_ns == before:
                 print(f"{args.out} is up to date for these parameters; nothing written (--overwrite regenerates)")
-            for key in ("images", "coco", "ade"):
-                print(f"{key:7s} {paths[key]}  ({_count_files(paths[key])} files)")
-            print(f"marker  {paths['marker']}")
+            for key in ("images", "coco", "ade", "ade_texture"):
+                print(f"{key:11s} {paths[key]}  ({_count_files(paths[key])} files)")
+            print(f"{'marker':11s} {paths['marker']}")
         elif args.what == "images":
             out = toy.make_toy_images(
                 args.out, args.num_images, size=args.image_size, seed=args.seed, overwrite=args.overwrite
@@ -95,6 +101,7 @@ def main(argv=None):
                 seed=args.seed,
                 num_classes=args.num_classes,
                 overwrite=args.overwrite,
+                appearance=args.appearance,
             )
             for key, val in paths.items():
                 print(f"{key:13s} {val}")

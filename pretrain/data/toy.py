@@ -15,6 +15,7 @@ Layout written by :func:`make_toy_all` (and by the idempotent :func:`ensure_toy_
       ade/images/validation/ADE_val_00000000.jpg
       ade/annotations/training/ADE_train_00000000.png   8-bit labels, 0 = other/ignore, 1..K = classes
       ade/annotations/validation/ADE_val_00000000.png
+      ade_texture/...                               the same layout, classes defined by texture (below)
       .complete                                     JSON of the generation parameters (written last)
 
 Scenes
@@ -41,7 +42,10 @@ ADE scheme
     ``reduce_zero_label=True``, maps them to ``0..K-1``); ``0`` marks "other" clutter and becomes 255
     (ignore). The top and bottom "stuff" regions (split by a wavy horizon) carry two different stuff classes,
     then 1-5 objects of "thing" classes and 0-2 unlabeled clutter objects are painted on top. Each class has a
-    dataset-wide colour and texture style, jittered per image (brightness, colour, texture parameters).
+    dataset-wide colour and texture style, jittered per image (brightness, colour, texture parameters), so colour
+    nearly gives the class away. ``ade_texture/`` has the same scene layout, but each class has a fixed pattern
+    (stripe orientation and period, checker size, noise, flat; geometry jittered by a few percent) and colours
+    are drawn per region independently of the class: only texture tells the classes apart.
 
 Determinism
     Every image draws from its own ``numpy.random.Generator(PCG64(SeedSequence((seed, kind, split, index))))``,
@@ -64,6 +68,7 @@ from PIL import Image
 __all__ = [
     "COCO_CATEGORIES",
     "ADE_CLASS_NAMES",
+    "ADE_APPEARANCES",
     "GENERATOR_VERSION",
     "MAX_OCCLUSION",
     "make_toy_images",
@@ -77,7 +82,7 @@ __all__ = [
 ]
 
 #: Bump whenever the output of the generator changes, so that :func:`ensure_toy_data` regenerates.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: COCO categories of the toy instance set (ids start at 1, as in COCO).
 COCO_CATEGORIES = (
@@ -113,7 +118,7 @@ MAX_OCCLUSION = 0.3
 
 _SHAPES = tuple(c["name"] for c in COCO_CATEGORIES)
 _TEXTURES = ("solid", "stripes", "checker", "noise", "gradient")
-_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4}
+_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4, "ade-texture": 5}
 _SPLIT_CODES = {"none": 0, "train": 1, "val": 2}
 _JPEG_KW = dict(format="JPEG", quality=92, subsampling=0, optimize=False, progressive=False)
 _PNG_KW = dict(format="PNG", optimize=False, compress_level=6)
@@ -297,8 +302,12 @@ def _smooth_noise(rng, h, w, cells, channels=1):
     return out
 
 
-def _texture(rng, h, w, base, kind, second=None):
-    """A ``(h, w, 3)`` float image of one texture around colour ``base``."""
+def _texture(rng, h, w, base, kind, second=None, params=None):
+    """A ``(h, w, 3)`` float image of one texture around colour ``base``.
+
+    ``params`` fixes the geometry instead of drawing it (``theta`` and ``period`` of stripes, ``cell`` of a
+    checker); the phase/offset is always random."""
+    params = params or {}
     base = np.asarray(base, dtype=np.float32)
     if second is None:
         second = np.clip(base + rng.uniform(-110, 110, size=3), 0, 255)
@@ -308,13 +317,13 @@ def _texture(rng, h, w, base, kind, second=None):
         img = np.broadcast_to(base, (h, w, 3)).copy()
         img += rng.normal(0.0, 4.0, size=(h, w, 1)).astype(np.float32)
     elif kind == "stripes":
-        theta = rng.uniform(0.0, np.pi)
-        period = rng.uniform(4.0, 12.0)
+        theta = params["theta"] if "theta" in params else rng.uniform(0.0, np.pi)
+        period = params["period"] if "period" in params else rng.uniform(4.0, 12.0)
         phase = (xx * np.cos(theta) + yy * np.sin(theta)) / period + rng.uniform()
         sel = ((np.floor(phase) % 2) == 0)[..., None]
         img = np.where(sel, base, second)
     elif kind == "checker":
-        cell = rng.uniform(3.0, 9.0)
+        cell = params["cell"] if "cell" in params else rng.uniform(3.0, 9.0)
         ox, oy = rng.uniform(0.0, cell, size=2)
         sel = (((np.floor((xx + ox) / cell) + np.floor((yy + oy) / cell)) % 2) == 0)[..., None]
         img = np.where(sel, base, second)
@@ -409,8 +418,31 @@ def _object_scene(rng, h, w, min_objects=2, max_objects=6):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
 
 
-def _ade_class_styles(seed, num_classes):
-    """Dataset-wide appearance per class (index 0 unused): base colour (distinct hues) and texture kind."""
+#: Class patterns of the ``appearance="texture"`` ADE set: (texture kind, fixed geometry). Colours are drawn per
+#: region, independently of the class, so only the pattern tells classes apart.
+_ADE_PATTERNS = (
+    ("stripes", {"theta": 0.0, "period": 8.0}),
+    ("stripes", {"theta": np.pi / 2, "period": 8.0}),
+    ("stripes", {"theta": np.pi / 4, "period": 11.0}),
+    ("checker", {"cell": 6.0}),
+    ("noise", {}),
+    ("solid", {}),
+    ("stripes", {"theta": 3 * np.pi / 4, "period": 11.0}),
+    ("checker", {"cell": 12.0}),
+)
+ADE_APPEARANCES = ("colour", "texture")
+
+
+def _ade_class_styles(seed, num_classes, appearance="colour"):
+    """Dataset-wide appearance per class (index 0 unused).
+
+    ``colour``: a base colour (distinct hues) and a texture kind per class. ``texture``: a pattern per class
+    (:data:`_ADE_PATTERNS`) with colours drawn per region; the ``colour`` entry is then only a palette colour
+    for visualisation."""
+    if appearance not in ADE_APPEARANCES:
+        raise ValueError(f"appearance must be one of {ADE_APPEARANCES}, got {appearance!r}")
+    if appearance == "texture" and num_classes > len(_ADE_PATTERNS):
+        raise ValueError(f"the texture ADE set has {len(_ADE_PATTERNS)} patterns; num_classes={num_classes} is too many")
     rng = _rng(seed, "ade-classes", "none", 0)
     hues = (np.arange(num_classes) / num_classes + rng.uniform()) % 1.0
     rng.shuffle(hues)
@@ -418,6 +450,8 @@ def _ade_class_styles(seed, num_classes):
     for k in range(num_classes):
         sat, val = rng.uniform(0.45, 0.9), rng.uniform(0.45, 0.9)
         styles.append({"colour": _hsv_to_rgb(hues[k], sat, val) * 255.0, "texture": _TEXTURES[k % len(_TEXTURES)]})
+        if appearance == "texture":
+            styles[-1]["pattern"] = _ADE_PATTERNS[k]
     return styles
 
 
@@ -429,6 +463,17 @@ def _hsv_to_rgb(h, s, v):
 
 
 def _ade_class_texture(rng, h, w, style):
+    if "pattern" in style:  # texture-defined class: random colours, the class's pattern, jittered geometry
+        kind, params = style["pattern"]
+        jittered = {}
+        if "theta" in params:
+            jittered["theta"] = params["theta"] + rng.uniform(-1.0, 1.0) * np.pi / 24
+        for key in ("period", "cell"):
+            if key in params:
+                jittered[key] = params[key] * rng.uniform(0.85, 1.15)
+        colour = rng.uniform(20, 235, size=3)
+        second = _contrasting_colour(rng, colour)
+        return _texture(rng, h, w, colour, kind, second=second, params=jittered)
     colour = np.clip(style["colour"] + rng.uniform(-18, 18, size=3), 0, 255)
     second = np.clip(colour * rng.uniform(0.55, 0.8), 0, 255)
     return _texture(rng, h, w, colour, style["texture"], second=second)
@@ -562,7 +607,7 @@ def make_toy_coco(out_dir, num_train=24, num_val=8, image_size=(256, 256), seed=
     return paths
 
 
-def toy_ade_metainfo(num_classes=6, seed=0):
+def toy_ade_metainfo(num_classes=6, seed=0, appearance="colour"):
     """MMSeg metainfo for the toy ADE set after ``reduce_zero_label``: the first ``num_classes`` ADE names.
 
     The names are spelled exactly as in ``mmseg.datasets.ADE20KDataset.METAINFO`` (including its ``"bed "``), so
@@ -572,17 +617,24 @@ def toy_ade_metainfo(num_classes=6, seed=0):
     num_classes = _check_count(num_classes, "num_classes", minimum=2)
     if num_classes > len(ADE_CLASS_NAMES):
         raise ValueError(f"num_classes must be <= {len(ADE_CLASS_NAMES)}, got {num_classes}")
-    styles = _ade_class_styles(_check_seed(seed), num_classes)
+    styles = _ade_class_styles(_check_seed(seed), num_classes, appearance)
     palette = [[int(round(float(v))) for v in s["colour"]] for s in styles[1:]]
     return {"classes": tuple(ADE_CLASS_NAMES[:num_classes]), "palette": palette}
 
 
-def make_toy_ade(out_dir, num_train=24, num_val=8, image_size=(256, 256), seed=0, num_classes=6, overwrite=False):
+def make_toy_ade(
+    out_dir, num_train=24, num_val=8, image_size=(256, 256), seed=0, num_classes=6, overwrite=False, appearance="colour"
+):
     """Write an ADE20K-layout semantic-segmentation set (MMSeg ``ADE20KDataset``: ``.jpg`` images, ``.png`` labels).
 
     Files: ``out_dir/images/{training,validation}/ADE_{train,val}_<08d>.jpg`` and the same basenames as 8-bit
     single-channel PNGs under ``out_dir/annotations/{training,validation}``. Label 0 = other (ignored after
     ``reduce_zero_label``), labels ``1..num_classes`` = the first ``num_classes`` ADE20K classes.
+
+    ``appearance="colour"``: every class has its own colour (and texture kind), so colour alone nearly gives the
+    class away. ``appearance="texture"``: every class has its own pattern (stripe orientation/period, checker
+    size, noise, flat) and colours are drawn per region independently of the class, so only the pattern tells
+    classes apart; a probe must then read texture, not colour.
 
     Returns a dict of paths: ``root``, ``train_images``, ``val_images``, ``train_labels``, ``val_labels``.
     """
@@ -603,10 +655,11 @@ def make_toy_ade(out_dir, num_train=24, num_val=8, image_size=(256, 256), seed=0
     for split in ("train", "val"):
         _prepare_dir(paths[f"{split}_images"], [f"ADE_{split}_*.jpg"], overwrite)
         _prepare_dir(paths[f"{split}_labels"], [f"ADE_{split}_*.png"], overwrite)
-    styles = _ade_class_styles(seed, num_classes)
+    styles = _ade_class_styles(seed, num_classes, appearance)
+    stream = "ade" if appearance == "colour" else f"ade-{appearance}"
     for split, num in (("train", num_train), ("val", num_val)):
         for i in range(num):
-            img, label = _ade_scene(_rng(seed, "ade", split, i), h, w, styles)
+            img, label = _ade_scene(_rng(seed, stream, split, i), h, w, styles)
             stem = f"ADE_{split}_{i:08d}"
             _save_rgb_jpeg(img, os.path.join(paths[f"{split}_images"], stem + ".jpg"))
             _save_label_png(label, os.path.join(paths[f"{split}_labels"], stem + ".png"))
@@ -646,6 +699,7 @@ def toy_data_paths(root):
         "coco_train_json": os.path.join(coco, "annotations", "instances_train.json"),
         "coco_val_json": os.path.join(coco, "annotations", "instances_val.json"),
         "ade": ade,
+        "ade_texture": os.path.join(root, "ade_texture"),
         "marker": os.path.join(root, _MARKER),
     }
 
@@ -664,7 +718,7 @@ def make_toy_all(
     ade_classes=6,
     overwrite=False,
 ):
-    """Write all toy sets under ``root`` (``images/``, ``coco/``, ``ade/``); returns :func:`toy_data_paths`.
+    """Write all toy sets under ``root`` (``images/``, ``coco/``, ``ade/``, ``ade_texture/``); returns :func:`toy_data_paths`.
 
     Not atomic and writes no marker; use :func:`ensure_toy_data` for an idempotent, crash-safe set.
     """
@@ -674,9 +728,9 @@ def make_toy_all(
     paths = toy_data_paths(root)
     make_toy_images(paths["images"], num_images=num_images, size=image_size, seed=seed, overwrite=overwrite)
     make_toy_coco(paths["coco"], coco_train, coco_val, image_size=coco_size, seed=seed, overwrite=overwrite)
-    make_toy_ade(
-        paths["ade"], ade_train, ade_val, image_size=ade_size, seed=seed, num_classes=ade_classes, overwrite=overwrite
-    )
+    for key, appearance in (("ade", "colour"), ("ade_texture", "texture")):
+        make_toy_ade(paths[key], ade_train, ade_val, image_size=ade_size, seed=seed, num_classes=ade_classes,
+                     overwrite=overwrite, appearance=appearance)
     return paths
 
 
