@@ -318,6 +318,36 @@ def test_ours_parity_timm_nonsquare_grid(tmp_path):
     assert max_diff(timm_features(dst, img), ref) <= TOL
 
 
+def test_training_checkpoint_converts_like_the_exported_teacher(tmp_path, capsys):
+    """A full training checkpoint (student, teacher, heads, optimiser, config) converts from its EMA teacher:
+    the same tensors as converting the exported teacher backbone, metadata (heads of a 96-d ViT, which the
+    standard table lacks) from the embedded config, and features equal to the student-free teacher's."""
+    from pretrain.engine.checkpoint import save_checkpoint
+    from pretrain.engine.config import load_config, to_container
+    from pretrain.engine.optim import build_optimizer
+    from pretrain.ssl import SSLMetaArch
+
+    cfg = load_config(["configs/pretrain/tiny_demo.yaml"], ["train.data=unused", "pos_field.size=[6,6]"])
+    torch.manual_seed(0)
+    model = SSLMetaArch(cfg)
+    randomise_(model.teacher["backbone"])  # teacher != student, so picking the wrong one shows
+    ckpt = save_checkpoint(str(tmp_path / "run"), 7, model, build_optimizer(model.student, cfg), to_container(cfg))
+    export_backbone(model.teacher["backbone"], tmp_path / "backbone.pth")
+    for target, extra in (("timm", ("--grid", "6", "6")), ("detectron2", ())):
+        a = torch.load(convert(tmp_path, ckpt, target, *extra, name=f"train_{target}.pth"), weights_only=True)
+        b = torch.load(convert(tmp_path, tmp_path / "backbone.pth", target, *extra, name=f"exp_{target}.pth"),
+                       weights_only=True)
+        sa, sb = a.get("state_dict", a.get("model")), b.get("state_dict", b.get("model"))
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    out = capsys.readouterr().out
+    assert "'model->teacher'" in out
+    img = image((6, 6))
+    with torch.no_grad():
+        ref = model.teacher["backbone"](img)["patch"]
+    assert max_diff(timm_features(str(tmp_path / "train_timm.pth"), img), ref) <= TOL
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # parity: DINOv2 layout (patch 14, block_chunks, registers, LayerScale, teacher checkpoint)
 

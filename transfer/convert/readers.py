@@ -3,8 +3,9 @@
 Formats (``--src-format``):
 
 - ``ours``: an exported backbone (``{"format": "ssl-vit-toolkit/backbone", "model", "meta"}``, see
-  ``pretrain/export.py``), or a training checkpoint whose ``teacher`` entry holds ``backbone.*`` keys (the
-  architecture is then inferred from the shapes). Keys: ``pos_field.field`` + ``cls_pos_embed`` (field on) or
+  ``pretrain/export.py``), or a training checkpoint: its EMA teacher (``teacher.backbone.*`` keys, flat in
+  ``model`` as ``pretrain/engine/checkpoint.py`` writes them, or a nested ``teacher`` dict), with the architecture
+  taken from the resolved config the checkpoint embeds, else inferred from the shapes. Keys: ``pos_field.field`` + ``cls_pos_embed`` (field on) or
   ``pos_embed`` with a CLS slot (field off), ``reg_token``, ``mask_token``/``posmask_token`` (dropped).
 - ``dinov2``: official DINOv2 / DINOv2-reg weights (hub ``state_dict`` or a training ``teacher`` checkpoint):
   ``blocks.<chunk>.<i>.`` keys when ``block_chunks > 0`` (flattened: chunks are padded with Identity, so ``<i>``
@@ -154,6 +155,15 @@ def unwrap(obj) -> Unwrapped:
             f"top-level entries: {_describe(obj)}"
         )
     ignored = [(str(k), f"not a tensor ({type(v).__name__})") for k, v in cur.items() if k not in tensors]
+    # a self-distillation training state flattened into one dict (ours, DINOv2: "teacher.backbone.*",
+    # "student.backbone.*", heads, loss buffers): take the EMA teacher, else the student
+    for part in ("teacher", "student"):
+        selected = {k[len(part) + 1 :]: v for k, v in tensors.items() if str(k).startswith(part + ".")}
+        if selected:
+            ignored += [(str(k), f"not part of the {part}") for k in tensors if not str(k).startswith(part + ".")]
+            wrappers.append(part)
+            tensors = selected
+            break
     state, prefixes = {}, set()
     for k, v in tensors.items():
         name, stripped = str(k), ""
@@ -169,7 +179,28 @@ def unwrap(obj) -> Unwrapped:
             raise ConversionError(f"two source keys map to {name!r} after removing prefixes {sorted(PREFIXES)}")
         state[name] = v
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
+    if meta is None:
+        meta = _meta_from_training_config(obj.get("config"))
     return Unwrapped(state=state, wrappers=wrappers, prefixes=prefixes, meta=meta, ignored=ignored)
+
+
+def _meta_from_training_config(config) -> dict | None:
+    """Backbone metadata of one of our training checkpoints, from the resolved config it embeds (heads, eps and
+    field size are not all inferable from the weights); None for anything else."""
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and "pos_field" in config):
+        return None
+    try:
+        from dataclasses import asdict
+
+        from omegaconf import OmegaConf
+
+        from pretrain.export import IMAGENET_MEAN, IMAGENET_STD
+        from pretrain.ssl import backbone_config
+
+        arch = asdict(backbone_config(OmegaConf.create(config)))
+    except Exception:  # not our config after all: fall back to inferring from the shapes
+        return None
+    return {"arch": arch, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "from": "training config"}
 
 
 def detect_format(u: Unwrapped) -> str:
