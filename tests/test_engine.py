@@ -266,3 +266,22 @@ def test_two_gloo_processes_match_one_process_with_double_batch(toy_images, tmp_
     torch.manual_seed(0)
     initial = torch.cat([p.detach().flatten() for p in SSLMetaArch(cfg).double().student.parameters()])
     assert (params - initial).abs().max() > 1e-4  # training moved the weights
+
+
+def test_uniform_output_monitor_fires_once_after_a_window_at_log_k():
+    import math
+
+    from pretrain.engine.health import UniformOutputMonitor
+
+    log_k = math.log(256)
+    m = UniformOutputMonitor(256, start_iteration=10, window=3, tol=0.01)
+    assert m.update(0, log_k) is None and m.update(5, log_k) is None  # warm-up: ignored
+    assert m.update(10, log_k + 0.005) is None and m.update(15, log_k - 0.009) is None
+    assert m.update(20, log_k - 0.02) is None  # learning: the run restarts
+    assert m.update(25, float("nan")) is None
+    assert m.update(30, log_k) is None and m.update(35, log_k + 0.001) is None
+    msg = m.update(40, log_k - 0.001)
+    assert msg is not None and "since iteration 30" in msg and f"{log_k:.4f}" in msg
+    assert m.update(45, log_k) is None  # once only
+    with pytest.raises(ValueError):
+        UniformOutputMonitor(1, 0)

@@ -29,6 +29,7 @@ from ..export import export_backbone
 from ..ssl import SSLMetaArch
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .config import config_hash, effective_epochs, load_config, to_container
+from .health import UniformOutputMonitor
 from .metrics import MetricWriter, format_seconds
 from .optim import apply_schedules, build_optimizer
 from .sampler import PassIndexedDataset, StreamSampler
@@ -209,6 +210,7 @@ def train(cfg) -> dict:
     if skipped:
         writer.log_event(start, skipped_files=skipped)
     stopper = StopSignal(device)
+    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), int(float(cfg.optim.warmup_epochs) * ipe))
     nonfinite, it = 0, start
     images_per_it = cfg.train.batch_size_per_gpu * du.world_size()
     last_saved = None
@@ -236,6 +238,10 @@ def train(cfg) -> dict:
                 if device.type == "cuda":
                     scalars["memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 logger.info(writer.write(it, scalars, images_per_it))
+                warning = uniform.update(it, terms["dino"])
+                if warning:
+                    logger.warning("iteration %d: %s", it, warning)
+                    writer.log_event(it, uniform_dino_outputs=True)
             stop = stopper.requested()
             if stop or (it + 1) % cfg.train.checkpoint_every == 0 or it == stop_at - 1:
                 if du.is_main():
