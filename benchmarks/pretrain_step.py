@@ -202,9 +202,8 @@ def peak_memory(size: str, variant: str, batch: int, steps: int, device_name: st
     return {"peak_bytes": max(peak, 0)}
 
 
-def _child(args, *extra) -> dict:
-    cmd = [sys.executable, __file__, "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
-           *extra]
+def _child(batch: int, steps: int, device: str, *extra) -> dict:
+    cmd = [sys.executable, __file__, "--batch", str(batch), "--steps", str(steps), "--device", device, *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
@@ -240,9 +239,9 @@ def main() -> int:
           f"interleaved steps; memory over {args.memory_steps} steps in a fresh process per variant")
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
-        timing = _child(args, "--timing-child", size)
-        mem = {v: _child(argparse.Namespace(batch=args.batch, steps=args.memory_steps, device=args.device),
-                         "--memory-child", size, v)["peak_bytes"] for v in VARIANTS}
+        timing = _child(args.batch, args.steps, args.device, "--timing-child", size)
+        mem = {v: _child(args.batch, args.memory_steps, args.device, "--memory-child", size, v)["peak_bytes"]
+               for v in VARIANTS}
         res = timing["variants"]
         print(f"\n[{size}] on {timing['device']} ({time.perf_counter() - t0:.0f} s)")
         print(f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'GFLOP/step':>11s} "

@@ -210,7 +210,7 @@ def train(cfg) -> dict:
     if skipped:
         writer.log_event(start, skipped_files=skipped)
     stopper = StopSignal(device)
-    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), int(float(cfg.optim.warmup_epochs) * ipe))
+    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), sched["lr"].warmup)
     nonfinite, it = 0, start
     images_per_it = cfg.train.batch_size_per_gpu * du.world_size()
     last_saved = None

@@ -18,10 +18,15 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _max_over_batch(x: torch.Tensor) -> torch.Tensor:
+    """Per-row maximum over the batch axis (dim 1, split across processes); 0 for rows with no finite entry."""
+    m = all_reduce_max(x.amax(dim=1, keepdim=True) if x.shape[1] else x.new_full((x.shape[0], 1), -torch.inf))
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
 def _logsumexp_over_batch(x: torch.Tensor) -> torch.Tensor:
     """``log sum_b exp(x[:, b])`` per row, where the batch axis (dim 1) is split across processes."""
-    m = all_reduce_max(x.amax(dim=1, keepdim=True) if x.shape[1] else x.new_full((x.shape[0], 1), -torch.inf))
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = _max_over_batch(x)
     s = all_reduce_sum(torch.exp(x - m).sum(dim=1, keepdim=True))
     return m + torch.log(s)
 
@@ -39,13 +44,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> 
     domain (:func:`sinkhorn_knopp_log`). The batch may span processes (global normalisation by all-reduce).
     """
     lq = upcast(logits).t()  # (K, B)
-    if lq.numel() and lq.shape[1] > 0:
-        row_max = lq.amax(dim=1, keepdim=True)
-    else:
-        row_max = lq.new_full((lq.shape[0], 1), -torch.inf)
-    row_max = all_reduce_max(row_max)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    q = (lq - row_max).div_(temp).exp_()
+    q = (lq - _max_over_batch(lq)).div_(temp).exp_()
     # the global-mass normalisation and the 1/K, 1/B factors are absorbed by the next normalisation each
     # time, so only the final one (samples sum to 1) is applied
     bad = torch.zeros((), device=q.device)

@@ -36,12 +36,12 @@ class _NormalizedLinear(torch.autograd.Function):
         norm = w.detach().to(acc).norm(dim=1).clamp_min(eps)
         ctx.save_for_backward(x, w, norm)
         ctx.eps, ctx.dtype = eps, dtype
-        xc, wc = x.to(dtype), w.to(dtype)
+        xc = x.to(dtype)
         # the same product either way; divide whichever of the (K, bottleneck) matrix and the (tokens, K)
         # output is smaller
         if x.shape[0] > w.shape[1]:
             return F.linear(xc, (w.to(acc) / norm[:, None]).to(dtype))
-        return F.linear(xc, wc) / norm.to(dtype)
+        return F.linear(xc, w.to(dtype)) / norm.to(dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -60,9 +60,10 @@ class _NormalizedLinear(torch.autograd.Function):
         grad_x = gx.to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            coef = torch.einsum("kd,kd->k", wk.to(acc), d1) * scale
+            wk = wk.to(acc)
+            coef = torch.einsum("kd,kd->k", wk, d1) * scale
             coef = torch.where(norm > ctx.eps, coef, torch.zeros_like(coef))
-            grad_w = d1.addcmul_(wk.to(acc), coef[:, None], value=-1.0).to(w.dtype)
+            grad_w = d1.addcmul_(wk, coef[:, None], value=-1.0).to(w.dtype)
         return grad_x, grad_w, None
 
 
