@@ -221,6 +221,30 @@ def test_pretraining_images(toy_root):
             assert np.asarray(im).std() > 10
 
 
+def test_pretraining_scene_kinds(tmp_path, toy_root):
+    with open(toy_root["marker"], encoding="utf-8") as f:
+        assert json.load(f)["images"]["scenes"] == "texture"  # the default, recorded in the marker
+    size = SMALL["ade_size"]
+    tex = toy.make_toy_images(str(tmp_path / "tex"), num_images=4, size=size, seed=0)
+    obj = toy.make_toy_images(str(tmp_path / "obj"), num_images=4, size=size, seed=0, scenes="objects")
+    ade = toy.make_toy_ade(str(tmp_path / "ade"), num_train=4, num_val=1, image_size=size, appearance="texture")
+    ade_imgs = sorted(os.listdir(ade["train_images"]))
+
+    def pixels(path):
+        with Image.open(path) as im:
+            return np.asarray(im, dtype=np.float64)
+
+    for i in range(4):
+        t, o = pixels(tex[i]), pixels(obj[i])
+        a = pixels(os.path.join(ade["train_images"], ade_imgs[i]))
+        # own random streams: no pretraining scene repeats a probe image or the other kind's scene
+        assert np.abs(t - o).mean() > 10 and np.abs(t - a).mean() > 10
+    with pytest.raises(ValueError, match="scenes"):
+        toy.make_toy_images(str(tmp_path / "x"), scenes="faces")
+    with pytest.raises(ValueError, match="image_scenes"):
+        toy.ensure_toy_data(str(tmp_path / "y"), seed=0, **dict(SMALL, image_scenes="faces"))
+
+
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, toy_root):
     a = toy.make_toy_all(str(tmp_path / "a"), seed=0, **SMALL)
     b = toy.make_toy_all(str(tmp_path / "b"), seed=0, **SMALL)

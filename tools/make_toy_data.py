@@ -40,7 +40,13 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output folder (for --what all: the toy-data root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--what", choices=("all", "images", "coco", "ade"), default="all")
-    p.add_argument("--num-images", type=int, default=64, help="pretraining images")
+    p.add_argument("--num-images", type=int, default=256, help="pretraining images")
+    p.add_argument(
+        "--image-scenes",
+        choices=toy.IMAGE_SCENES,
+        default="texture",
+        help="pretraining images: scenes of the texture world of ade_texture/ or COCO-like object scenes",
+    )
     p.add_argument("--image-size", type=_size, default=(160, 160), help="pretraining image size, N or HxW")
     p.add_argument("--num-train", type=int, default=24, help="COCO/ADE training images")
     p.add_argument("--num-val", type=int, default=8, help="COCO/ADE validation images")
@@ -65,6 +71,7 @@ def main(argv=None):
                 seed=args.seed,
                 num_images=args.num_images,
                 image_size=args.image_size,
+                image_scenes=args.image_scenes,
                 coco_train=args.num_train,
                 coco_val=args.num_val,
                 coco_size=args.size,
@@ -83,7 +90,12 @@ def main(argv=None):
             print(f"{'marker':11s} {paths['marker']}")
         elif args.what == "images":
             out = toy.make_toy_images(
-                args.out, args.num_images, size=args.image_size, seed=args.seed, overwrite=args.overwrite
+                args.out,
+                args.num_images,
+                size=args.image_size,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                scenes=args.image_scenes,
             )
             print(f"images  {args.out}  ({len(out)} files)")
         elif args.what == "coco":

@@ -6,7 +6,8 @@ transfer, probes) can be exercised end to end on a CPU in minutes, without downl
 Layout written by :func:`make_toy_all` (and by the idempotent :func:`ensure_toy_data`)::
 
     root/
-      images/img_00000.jpg ...                      unlabeled pretraining images (flat folder)
+      images/img_00000.jpg ...                      unlabeled pretraining images (flat folder; texture-world
+                                                    scenes by default, COCO-like object scenes on request)
       coco/train/000000000001.jpg ...               COCO instance set
       coco/val/000000000001.jpg ...
       coco/annotations/instances_train.json
@@ -69,6 +70,7 @@ __all__ = [
     "COCO_CATEGORIES",
     "ADE_CLASS_NAMES",
     "ADE_APPEARANCES",
+    "IMAGE_SCENES",
     "GENERATOR_VERSION",
     "MAX_OCCLUSION",
     "make_toy_images",
@@ -82,7 +84,7 @@ __all__ = [
 ]
 
 #: Bump whenever the output of the generator changes, so that :func:`ensure_toy_data` regenerates.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 #: COCO categories of the toy instance set (ids start at 1, as in COCO).
 COCO_CATEGORIES = (
@@ -118,7 +120,7 @@ MAX_OCCLUSION = 0.3
 
 _SHAPES = tuple(c["name"] for c in COCO_CATEGORIES)
 _TEXTURES = ("solid", "stripes", "checker", "noise", "gradient")
-_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4, "ade-texture": 5}
+_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4, "ade-texture": 5, "images-texture": 6}
 _SPLIT_CODES = {"none": 0, "train": 1, "val": 2}
 _JPEG_KW = dict(format="JPEG", quality=92, subsampling=0, optimize=False, progressive=False)
 _PNG_KW = dict(format="PNG", optimize=False, compress_level=6)
@@ -431,6 +433,8 @@ _ADE_PATTERNS = (
     ("checker", {"cell": 12.0}),
 )
 ADE_APPEARANCES = ("colour", "texture")
+#: Scene kinds of the unlabeled pretraining folder (:func:`make_toy_images`).
+IMAGE_SCENES = ("texture", "objects")
 
 
 def _ade_class_styles(seed, num_classes, appearance="colour"):
@@ -525,19 +529,34 @@ def _ade_scene(rng, h, w, styles):
 # ----------------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------------
-def make_toy_images(out_dir, num_images=64, size=(160, 160), seed=0, overwrite=False):
+def make_toy_images(out_dir, num_images=256, size=(160, 160), seed=0, overwrite=False, scenes="texture"):
     """Write an unlabeled image folder for pretraining: ``out_dir/img_00000.jpg`` ... (flat, RGB JPEG).
 
-    Scenes are like the COCO toy set's (2-6 textured shapes on varied backgrounds) but from their own random
-    stream. Returns the list of written paths (sorted).
+    ``scenes`` (:data:`IMAGE_SCENES`):
+
+    * ``"texture"`` (default): scenes of the texture world of ``ade_texture/`` (two stuff regions under a wavy
+      horizon, things and clutter on top), over all :data:`_ADE_PATTERNS` (a superset of the probe's classes),
+      colours drawn per region. Categories are not given by colour here, so a pretrained backbone has something
+      to learn that a random one lacks (colour invariance, the patterns); on colour-defined data a random
+      projection of the pixels is already close to the best a frozen probe can do.
+    * ``"objects"``: scenes like the COCO toy set's (2-6 textured shapes on varied backgrounds).
+
+    Either kind draws from its own random streams, so no pretraining image equals a COCO or ADE image.
+    Returns the list of written paths (sorted).
     """
     seed = _check_seed(seed)
     num_images = _check_count(num_images, "num_images", minimum=1)
     h, w = _check_size(size, "size")
+    if scenes not in IMAGE_SCENES:
+        raise ValueError(f"scenes must be one of {IMAGE_SCENES}, got {scenes!r}")
     _prepare_dir(out_dir, ["img_*.jpg"], overwrite)
+    styles = _ade_class_styles(seed, len(_ADE_PATTERNS), "texture") if scenes == "texture" else None
     paths = []
     for i in range(num_images):
-        img, _ = _object_scene(_rng(seed, "images", "none", i), h, w)
+        if scenes == "texture":
+            img, _ = _ade_scene(_rng(seed, "images-texture", "none", i), h, w, styles)
+        else:
+            img, _ = _object_scene(_rng(seed, "images", "none", i), h, w)
         path = os.path.join(out_dir, f"img_{i:05d}.jpg")
         _save_rgb_jpeg(img, path)
         paths.append(path)
@@ -667,12 +686,19 @@ def make_toy_ade(
 
 
 def _all_params(
-    seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes
+    seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes,
+    image_scenes,
 ):
+    if image_scenes not in IMAGE_SCENES:
+        raise ValueError(f"image_scenes must be one of {IMAGE_SCENES}, got {image_scenes!r}")
     return {
         "version": GENERATOR_VERSION,
         "seed": _check_seed(seed),
-        "images": {"num": _check_count(num_images, "num_images", 1), "size": list(_check_size(image_size, "size"))},
+        "images": {
+            "num": _check_count(num_images, "num_images", 1),
+            "size": list(_check_size(image_size, "size")),
+            "scenes": image_scenes,
+        },
         "coco": {
             "num_train": _check_count(coco_train, "coco_train"),
             "num_val": _check_count(coco_val, "coco_val"),
@@ -707,8 +733,9 @@ def toy_data_paths(root):
 def make_toy_all(
     root,
     seed=0,
-    num_images=64,
+    num_images=256,
     image_size=(160, 160),
+    image_scenes="texture",
     coco_train=24,
     coco_val=8,
     coco_size=(256, 256),
@@ -723,10 +750,13 @@ def make_toy_all(
     Not atomic and writes no marker; use :func:`ensure_toy_data` for an idempotent, crash-safe set.
     """
     _all_params(
-        seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes
+        seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes,
+        image_scenes,
     )
     paths = toy_data_paths(root)
-    make_toy_images(paths["images"], num_images=num_images, size=image_size, seed=seed, overwrite=overwrite)
+    make_toy_images(
+        paths["images"], num_images=num_images, size=image_size, seed=seed, overwrite=overwrite, scenes=image_scenes
+    )
     make_toy_coco(paths["coco"], coco_train, coco_val, image_size=coco_size, seed=seed, overwrite=overwrite)
     for key, appearance in (("ade", "colour"), ("ade_texture", "texture")):
         make_toy_ade(paths[key], ade_train, ade_val, image_size=ade_size, seed=seed, num_classes=ade_classes,
@@ -745,8 +775,9 @@ def _read_marker(root):
 def ensure_toy_data(
     root,
     seed=0,
-    num_images=64,
+    num_images=256,
     image_size=(160, 160),
+    image_scenes="texture",
     coco_train=24,
     coco_val=8,
     coco_size=(256, 256),
@@ -770,7 +801,8 @@ def ensure_toy_data(
     Returns :func:`toy_data_paths` of ``root``.
     """
     params = _all_params(
-        seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes
+        seed, num_images, image_size, coco_train, coco_val, coco_size, ade_train, ade_val, ade_size, ade_classes,
+        image_scenes,
     )
     root = os.path.abspath(os.fspath(root))
     paths = toy_data_paths(root)
@@ -792,6 +824,7 @@ def ensure_toy_data(
             seed=seed,
             num_images=num_images,
             image_size=image_size,
+            image_scenes=image_scenes,
             coco_train=coco_train,
             coco_val=coco_val,
             coco_size=coco_size,
