@@ -7,45 +7,21 @@ of the batch-mean cross-entropy.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .targets import upcast
 
 
-class _SoftCrossEntropy(torch.autograd.Function):
-    """``-sum_k t_k log softmax(z)_k = (sum_k t_k) logsumexp(z) - t . z`` with ``z = s / temp``, in fp32.
-
-    Autograd's composition (divide, log_softmax, multiply, sum and their backwards) makes about ten passes over
-    ``(rows, K)`` tensors, with as many temporaries; here the forward keeps only ``logsumexp`` and the backward
-    forms ``(softmax(z) sum_k t_k - t) / temp`` in place in one buffer. The teacher side gets no gradient."""
-
-    @staticmethod
-    def forward(ctx, teacher_probs, student_logits, inv_temp):
-        with torch.autocast(student_logits.device.type, enabled=False):
-            t = upcast(teacher_probs)
-            z = upcast(student_logits) * inv_temp
-            lse = torch.logsumexp(z, dim=-1)
-            t_sum = t.sum(dim=-1)
-            dot = torch.einsum("...k,...k->...", t, z.to(t.dtype))
-        ctx.save_for_backward(t, student_logits, lse, t_sum)
-        ctx.inv_temp = inv_temp
-        return t_sum * lse.to(t.dtype) - dot
-
-    @staticmethod
-    def backward(ctx, grad):
-        t, s, lse, t_sum = ctx.saved_tensors
-        with torch.autocast(s.device.type, enabled=False):
-            g = upcast(s) * ctx.inv_temp  # a fresh buffer (s is never modified)
-            g.sub_(lse.unsqueeze(-1)).exp_()  # softmax(z)
-            g.mul_(t_sum.unsqueeze(-1).to(g.dtype)).sub_(t.to(g.dtype))
-            g.mul_((grad * ctx.inv_temp).unsqueeze(-1).to(g.dtype))
-        return None, g.to(s.dtype), None
-
-
 def soft_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
-    """Per-row ``-sum_k t_k log softmax(s / temp)_k`` (fp32 or wider), differentiable in the student logits only."""
+    """Per-row ``-sum_k t_k log softmax(s / temp)_k`` (in fp32 or wider); the targets are not differentiated.
+
+    Autograd's composition is kept on purpose. A hand-written backward (``(softmax(z) sum t - t) / temp``, in place,
+    forward via ``log_softmax``) ran between 13% faster and 30% slower than it on CPU at (20-400) x 65,536 rows,
+    since eager elementwise passes cost about the same either way; one through eager ``logsumexp``/``exp`` was
+    3-6x slower than this fused-kernel path."""
     if teacher_probs.shape != student_logits.shape:
         raise ValueError(f"teacher {tuple(teacher_probs.shape)} and student {tuple(student_logits.shape)} differ")
-    return _SoftCrossEntropy.apply(teacher_probs.detach(), student_logits, 1.0 / float(student_temp))
+    return -(teacher_probs.detach() * F.log_softmax(upcast(student_logits) / student_temp, dim=-1)).sum(dim=-1)
 
 
 def dino_cls_loss(
