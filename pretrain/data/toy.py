@@ -537,8 +537,8 @@ def make_toy_images(out_dir, num_images=256, size=(160, 160), seed=0, overwrite=
     * ``"texture"`` (default): scenes of the texture world of ``ade_texture/`` (two stuff regions under a wavy
       horizon, things and clutter on top), over all :data:`_ADE_PATTERNS` (a superset of the probe's classes),
       colours drawn per region. Categories are not given by colour here, so a pretrained backbone has something
-      to learn that a random one lacks (colour invariance, the patterns); on colour-defined data a random
-      projection of the pixels is already close to the best a frozen probe can do.
+      to learn that a random one lacks (colour invariance, the patterns); on the colour-defined ``ade/`` set a
+      randomly initialised ViT, i.e. a random projection of the pixels, already scores 0.89-0.90 1-NN mIoU.
     * ``"objects"``: scenes like the COCO toy set's (2-6 textured shapes on varied backgrounds).
 
     Either kind draws from its own random streams, so no pretraining image equals a COCO or ADE image.
