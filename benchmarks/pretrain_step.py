@@ -14,8 +14,9 @@ Variants, all built from the same code and fed the same collated batch:
   optimiser or EMA).
 
 Timing: all variants live in one process and their steps are interleaved round by round (rotating the order),
-so drifts of a shared machine hit every variant alike; the median per variant is reported. FLOPs per step:
-``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward matmuls and attention;
+so drifts of a shared machine hit every variant alike; the median per variant is reported, and each ratio also as
+the median (with quartiles) of its per-round ratios, the two steps of a ratio having run within one round.
+FLOPs per step: ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward matmuls and attention;
 elementwise work is not counted), so ``time ratio / FLOP ratio`` is the cost per FLOP of the full step relative
 to the bare one, i.e. the framework overhead proper. Peak memory: each variant in a fresh subprocess (CUDA:
 ``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The backbone's FLOPs per
@@ -202,6 +203,16 @@ def peak_memory(size: str, variant: str, batch: int, steps: int, device_name: st
     return {"peak_bytes": max(peak, 0)}
 
 
+def paired_ratio(a_times, b_times) -> tuple[float, float, float]:
+    """Median and quartiles of the per-round ratios ``a_r / b_r`` (both steps of round ``r`` ran within one round,
+    so a drift of the machine between rounds cancels in each ratio)."""
+    ratios = sorted(a / b for a, b in zip(a_times, b_times))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q1, q3
+
+
 def _child(batch: int, steps: int, device: str, *extra) -> dict:
     cmd = [sys.executable, __file__, "--batch", str(batch), "--steps", str(steps), "--device", device, *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -250,13 +261,18 @@ def main() -> int:
             print(f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
                   f"{r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mem[v] / 2**20:9.1f}")
         o, b = res["ours"], res["bare"]
+
+        def paired(ref):
+            med, q1, q3 = paired_ratio(o["times"], res[ref]["times"])
+            return f"(per round: median {med:.3f}x, quartiles {q1:.3f}-{q3:.3f}x)"
+
         for ref in ("dinov2", "dinov2_allmask"):
             d = res[ref]
             t_ratio, f_ratio = o["step_s"] / d["step_s"], o["flops"] / d["flops"]
-            print(f"ours/{ref}: time {t_ratio:.3f}x, FLOPs {f_ratio:.3f}x, time per FLOP {t_ratio / f_ratio:.3f}x, "
-                  f"memory {mem['ours'] / max(mem[ref], 1):.3f}x")
+            print(f"ours/{ref}: time {t_ratio:.3f}x {paired(ref)}, FLOPs {f_ratio:.3f}x, time per FLOP "
+                  f"{t_ratio / f_ratio:.3f}x, memory {mem['ours'] / max(mem[ref], 1):.3f}x")
         t_ratio, f_ratio = o["step_s"] / b["step_s"], o["flops"] / b["flops"]
-        print(f"full step/bare fwd+bwd: time {t_ratio:.3f}x, FLOPs {f_ratio:.3f}x, "
+        print(f"full step/bare fwd+bwd: time {t_ratio:.3f}x {paired('bare')}, FLOPs {f_ratio:.3f}x, "
               f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x")
         cfg = load_config(SIZES[size], ["train.data=unused"])
         flops = backbone_flops(cfg)
