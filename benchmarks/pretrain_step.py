@@ -16,11 +16,11 @@ Variants, all built from the same code and fed the same collated batch:
 Timing: all variants live in one process and their steps are interleaved round by round (rotating the order),
 so drifts of a shared machine hit every variant alike; the median per variant is reported, and each ratio also as
 the median (with quartiles) of its per-round ratios, the two steps of a ratio having run within one round.
-FLOPs per step: ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward matmuls and attention;
-elementwise work is not counted), so ``time ratio / FLOP ratio`` is the cost per FLOP of the full step relative
-to the bare one, i.e. the framework overhead proper. Peak memory: each variant in a fresh subprocess (CUDA:
-``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The backbone's FLOPs per
-image come from fvcore (one multiply-add = 2 FLOPs, ``scaled_dot_product_attention`` included).
+FLOPs per step: ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward matmuls
+and attention; elementwise work is not counted), so ``time ratio / FLOP ratio`` is the cost per FLOP of the full
+step relative to the bare one, i.e. the framework overhead proper. Peak memory: each variant in a fresh
+subprocess (CUDA: ``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The
+backbone's FLOPs per image come from fvcore (one multiply-add = 2 FLOPs, ``scaled_dot_product_attention`` included).
 """
 from __future__ import annotations
 

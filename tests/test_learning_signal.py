@@ -5,7 +5,8 @@ same config runs on the same (default-parameter) toy data in a temporary folder,
 run on this 2-core machine, so the backbone is the one whose numbers the README reports. The frozen 1-NN patch
 probe on ``ade_texture`` (classes told apart by pattern, colours random per region) must then beat the same
 architecture at random initialisation for every one of three random seeds, by a margin: random weights keep
-pixel similarity, which is worth 0.315-0.324 mIoU there, so only learned colour-invariant texture features get past them.
+pixel similarity, which is worth 0.315-0.324 mIoU there, so only learned colour-invariant texture features get
+past them.
 """
 import os
 import subprocess

@@ -40,6 +40,12 @@ def _digests(root):
     return out
 
 
+def _read(path, dtype=None):
+    """An image file as a numpy array (closed after reading)."""
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=dtype)
+
+
 def _mtimes(root):
     return {
         os.path.relpath(os.path.join(d, n), root): os.stat(os.path.join(d, n)).st_mtime_ns
@@ -107,7 +113,7 @@ def test_coco_objects_are_visible(toy_root):
     coco = COCO(toy_root["coco_val_json"])
     dists, visible_fracs = [], []
     for img in coco.loadImgs(coco.getImgIds()):
-        pix = np.asarray(Image.open(os.path.join(toy_root["coco_val_images"], img["file_name"])), dtype=np.float64)
+        pix = _read(os.path.join(toy_root["coco_val_images"], img["file_name"]), np.float64)
         anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=img["id"])), key=lambda a: a["id"])  # painting order
         masks = [coco.annToMask(a).astype(bool) for a in anns]
         union = np.any(masks, axis=0)
@@ -154,8 +160,8 @@ def _region_colour_accuracy(root, min_pixels=64):
         out = []
         img_dir, ann_dir = os.path.join(root, "images", sub), os.path.join(root, "annotations", sub)
         for name in sorted(os.listdir(img_dir)):
-            img = np.asarray(Image.open(os.path.join(img_dir, name)), dtype=np.float64)
-            lab = np.asarray(Image.open(os.path.join(ann_dir, name[:-4] + ".png")))
+            img = _read(os.path.join(img_dir, name), np.float64)
+            lab = _read(os.path.join(ann_dir, name[:-4] + ".png"))
             out += [(c, img[lab == c].mean(0)) for c in np.unique(lab) if c > 0 and (lab == c).sum() >= min_pixels]
         return out
 
@@ -205,7 +211,7 @@ def test_ade_loads_in_mmseg(toy_root):
             assert tuple(sample["inputs"].shape) == (3, *SMALL["ade_size"])
             assert gt.shape == tuple(SMALL["ade_size"])
             assert set(np.unique(gt).tolist()) <= set(range(k)) | {255}
-            raw = np.asarray(Image.open(sample["data_samples"].seg_map_path)).astype(np.int64)
+            raw = _read(sample["data_samples"].seg_map_path, np.int64)
             np.testing.assert_array_equal(gt, np.where(raw == 0, 255, raw - 1))
 
 
@@ -229,14 +235,9 @@ def test_pretraining_scene_kinds(tmp_path, toy_root):
     obj = toy.make_toy_images(str(tmp_path / "obj"), num_images=4, size=size, seed=0, scenes="objects")
     ade = toy.make_toy_ade(str(tmp_path / "ade"), num_train=4, num_val=1, image_size=size, appearance="texture")
     ade_imgs = sorted(os.listdir(ade["train_images"]))
-
-    def pixels(path):
-        with Image.open(path) as im:
-            return np.asarray(im, dtype=np.float64)
-
     for i in range(4):
-        t, o = pixels(tex[i]), pixels(obj[i])
-        a = pixels(os.path.join(ade["train_images"], ade_imgs[i]))
+        t, o = _read(tex[i], np.float64), _read(obj[i], np.float64)
+        a = _read(os.path.join(ade["train_images"], ade_imgs[i]), np.float64)
         # own random streams: no pretraining scene repeats a probe image or the other kind's scene
         assert np.abs(t - o).mean() > 10 and np.abs(t - a).mean() > 10
     with pytest.raises(ValueError, match="scenes"):

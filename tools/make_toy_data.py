@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the deterministic toy data sets (pretraining images, COCO instances, ADE20K layout by colour and by texture).
+"""Generate the deterministic toy data sets (pretraining images, COCO instances, ADE20K sets by colour / by texture).
 
 Examples::
 

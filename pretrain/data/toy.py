@@ -446,7 +446,9 @@ def _ade_class_styles(seed, num_classes, appearance="colour"):
     if appearance not in ADE_APPEARANCES:
         raise ValueError(f"appearance must be one of {ADE_APPEARANCES}, got {appearance!r}")
     if appearance == "texture" and num_classes > len(_ADE_PATTERNS):
-        raise ValueError(f"the texture ADE set has {len(_ADE_PATTERNS)} patterns; num_classes={num_classes} is too many")
+        raise ValueError(
+            f"the texture ADE set has {len(_ADE_PATTERNS)} patterns; num_classes={num_classes} is too many"
+        )
     rng = _rng(seed, "ade-classes", "none", 0)
     hues = (np.arange(num_classes) / num_classes + rng.uniform()) % 1.0
     rng.shuffle(hues)
@@ -745,7 +747,9 @@ def make_toy_all(
     ade_classes=6,
     overwrite=False,
 ):
-    """Write all toy sets under ``root`` (``images/``, ``coco/``, ``ade/``, ``ade_texture/``); returns :func:`toy_data_paths`.
+    """Write all toy sets under ``root`` (``images/``, ``coco/``, ``ade/``, ``ade_texture/``).
+
+    Returns :func:`toy_data_paths`.
 
     Not atomic and writes no marker; use :func:`ensure_toy_data` for an idempotent, crash-safe set.
     """
