@@ -34,6 +34,7 @@ def backbone_config(cfg) -> ViTConfig:
         pos_field=bool(pf.enabled),
         pos_field_size=[int(s) for s in pf.size],
         pos_field_init=str(pf.init),
+        pos_embed_interpolation=str(m.get("pos_embed_interpolation", "size")),  # configs older than the key
     )
 
 
@@ -50,7 +51,12 @@ def _keep_in_graph(head: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     parameter to receive a gradient); nothing otherwise."""
     if logits.shape[0] > 0:
         return logits.new_zeros(())
-    return 0.0 * sum(p.view(-1)[0] for p in head.parameters())
+    return _zero_from(head.parameters())
+
+
+def _zero_from(params) -> torch.Tensor:
+    """``0 * (one entry of each parameter)``: a zero whose graph reaches every parameter in ``params``."""
+    return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
 class SSLMetaArch(nn.Module):
@@ -64,7 +70,8 @@ class SSLMetaArch(nn.Module):
         d = backbone.embed_dim
 
         def head() -> DINOHead:
-            return DINOHead(d, int(h.n_prototypes), int(h.hidden_dim), int(h.bottleneck_dim), int(h.nlayers))
+            return DINOHead(d, int(h.n_prototypes), int(h.hidden_dim), int(h.bottleneck_dim), int(h.nlayers),
+                            last_layer_init=str(h.last_layer_init), gain=str(h.last_layer_gain))
 
         student = {"backbone": backbone, "dino_head": head()}
         self.use_content = uses_content_masking(cfg)
@@ -147,8 +154,16 @@ class SSLMetaArch(nn.Module):
             + float(cfg.pos_weight) * terms["pos"]
             + float(cfg.koleo_weight) * terms["koleo"]
         )
-        terms["loss"] = total
+        idle = self.idle_backbone_parameters()
+        terms["loss"] = total + _zero_from(idle) if idle else total
         return terms
+
+    def idle_backbone_parameters(self) -> list[nn.Parameter]:
+        """Backbone tokens the configured masking never uses: ``[MASK]`` without content masking, ``[POSMASK]``
+        without position masking. They are kept (every checkpoint has the same keys) and tied into the loss with
+        weight 0, since DDP fails on parameters that never receive a gradient."""
+        b = self.student["backbone"]
+        return ([] if self.use_content else [b.mask_token]) + ([] if self.use_pos else [b.posmask_token])
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

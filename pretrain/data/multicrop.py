@@ -5,10 +5,12 @@ Every crop is described by its box ``(x0, y0, x1, y1)`` in normalised coordinate
 region ``RandomResizedCrop`` cut out, *before* flipping; the model reverses the x order of its position
 samples for flipped crops so that positions stay attached to the pixels they came from.
 
-Photometric augmentations follow DINOv2: colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 and grayscale with
-p=0.2 on every crop; global crop 1 always blurred; global crop 2 blurred with p=0.1 and solarised
-(threshold 128) with p=0.2; local crops blurred with p=0.5. Blur: kernel 9, sigma ~ U(0.1, 2.0). Global
-crops after the second one get the global-crop-2 recipe.
+Photometric augmentations follow DINOv2's code: colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 and grayscale with
+p=0.2 (``grayscale_prob``) on every crop; global crop 2 solarised (threshold 128) with p=0.2; Gaussian blur (kernel 9,
+sigma ~ U(0.1, 2.0)) with the probabilities ``blur_prob = (global crop 1, global crop 2, local crops)``. The default
+``(0.0, 0.9, 0.5)`` is what DINOv2's code applies: its ``GaussianBlur(p)`` hands ``1 - p`` to ``RandomApply``, so
+its nominal 1.0 / 0.1 / 0.5 become 0.0 / 0.9 / 0.5 (docs/fidelity.md). ``(1.0, 0.1, 0.5)`` is DINOv2's paper.
+Global crops after the second one get the global-crop-2 recipe.
 
 All randomness comes from torch's global RNG (torchvision's transforms draw from it); ``SSLDataset`` seeds it
 per sample inside a forked RNG scope, so a sample is reproducible from ``(seed, epoch, index)``.
@@ -30,7 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Aspect-ratio range of the random resized crops (torchvision's and DINOv2's default).
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_RATIO", "MultiCropAugmentation"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_RATIO", "DINOV2_CODE_BLUR_PROB", "MultiCropAugmentation"]
 
 
 def _check_size(name: str, value) -> int:
@@ -61,11 +63,25 @@ def _check_stats(name: str, value, positive: bool) -> tuple[float, float, float]
     return out
 
 
+#: Blur probabilities ``(global crop 1, global crop 2, local crops)`` as DINOv2's code applies them.
+DINOV2_CODE_BLUR_PROB = (0.0, 0.9, 0.5)
+
+
 class _GaussianBlur(transforms.RandomApply):
-    """DINOv2's blur: with probability ``p``, a 9-tap Gaussian blur with sigma ~ U(0.1, 2.0)."""
+    """With probability ``p``, a 9-tap Gaussian blur with sigma ~ U(0.1, 2.0)."""
 
     def __init__(self, p: float):
         super().__init__([transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=p)
+
+
+def _check_probs(name: str, value) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 probabilities (global 1, global 2, local), got {value!r}") from None
+    if len(out) != 3 or not all(0.0 <= v <= 1.0 for v in out):
+        raise ValueError(f"{name} must be 3 probabilities in [0, 1] (global 1, global 2, local), got {value!r}")
+    return out
 
 
 class MultiCropAugmentation:
@@ -81,6 +97,8 @@ class MultiCropAugmentation:
         mean, std: per-channel normalisation applied after ``to_tensor`` (values in [0, 1]).
         photometric: apply DINOv2's colour jitter / grayscale / blur / solarise. ``False`` keeps only the
             geometric part (crop, flip, bicubic resize) and normalisation.
+        blur_prob: blur probability of global crop 1, global crop 2 (and later ones), and local crops.
+        grayscale_prob: probability of turning a crop to grayscale (DINOv2: 0.2).
 
     Calling it on a PIL image returns a dict with ``global_crops`` (list of ``(3, S, S)`` float tensors),
     ``local_crops`` (list of ``(3, s, s)``), ``global_boxes`` ``(n_global, 4)`` / ``local_boxes``
@@ -99,6 +117,8 @@ class MultiCropAugmentation:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         photometric: bool = True,
+        blur_prob: Sequence[float] = DINOV2_CODE_BLUR_PROB,
+        grayscale_prob: float = 0.2,
     ):
         self.global_size = _check_size("global_size", global_size)
         self.local_size = _check_size("local_size", local_size)
@@ -113,6 +133,10 @@ class MultiCropAugmentation:
         self.mean = _check_stats("mean", mean, positive=False)
         self.std = _check_stats("std", std, positive=True)
         self.photometric = bool(photometric)
+        self.blur_prob = _check_probs("blur_prob", blur_prob)
+        if not 0.0 <= float(grayscale_prob) <= 1.0:
+            raise ValueError(f"grayscale_prob must be in [0, 1], got {grayscale_prob!r}")
+        self.grayscale_prob = float(grayscale_prob)
 
         if self.photometric:
             color = transforms.Compose(
@@ -120,22 +144,25 @@ class MultiCropAugmentation:
                     transforms.RandomApply(
                         [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
                     ),
-                    transforms.RandomGrayscale(p=0.2),
+                    transforms.RandomGrayscale(p=self.grayscale_prob),
                 ]
             )
-            self._global1 = transforms.Compose([color, _GaussianBlur(p=1.0)])
+            p1, p2, pl = self.blur_prob
+            self.blurs = {"global1": _GaussianBlur(p=p1), "global2": _GaussianBlur(p=p2), "local": _GaussianBlur(p=pl)}
+            self._global1 = transforms.Compose([color, self.blurs["global1"]])
             self._global2 = transforms.Compose(
-                [color, _GaussianBlur(p=0.1), transforms.RandomSolarize(threshold=128, p=0.2)]
+                [color, self.blurs["global2"], transforms.RandomSolarize(threshold=128, p=0.2)]
             )
-            self._local = transforms.Compose([color, _GaussianBlur(p=0.5)])
+            self._local = transforms.Compose([color, self.blurs["local"]])
         else:
+            self.blurs = {}
             self._global1 = self._global2 = self._local = None
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(global_size={self.global_size}, local_size={self.local_size}, "
             f"n_global={self.n_global}, n_local={self.n_local}, global_scale={self.global_scale}, "
-            f"local_scale={self.local_scale}, photometric={self.photometric})"
+            f"local_scale={self.local_scale}, photometric={self.photometric}, blur_prob={self.blur_prob})"
         )
 
     def _crop(self, img: Image.Image, size: int, scale: tuple[float, float]):

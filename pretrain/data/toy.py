@@ -120,7 +120,8 @@ MAX_OCCLUSION = 0.3
 
 _SHAPES = tuple(c["name"] for c in COCO_CATEGORIES)
 _TEXTURES = ("solid", "stripes", "checker", "noise", "gradient")
-_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4, "ade-texture": 5, "images-texture": 6}
+_KIND_CODES = {"images": 1, "coco": 2, "ade": 3, "ade-classes": 4, "ade-texture": 5, "images-texture": 6,
+               "texture-classes": 7}
 _SPLIT_CODES = {"none": 0, "train": 1, "val": 2}
 _JPEG_KW = dict(format="JPEG", quality=92, subsampling=0, optimize=False, progressive=False)
 _PNG_KW = dict(format="PNG", optimize=False, compress_level=6)
@@ -563,6 +564,30 @@ def make_toy_images(out_dir, num_images=256, size=(160, 160), seed=0, overwrite=
         _save_rgb_jpeg(img, path)
         paths.append(path)
     return paths
+
+
+def toy_texture_classes(num_per_class=24, size=(96, 96), num_classes=6, seed=0, split="train"):
+    """An in-memory image-classification set of the texture world: each image is one class's pattern over the whole
+    frame (the patterns of ``ade_texture/``; colours, phase and geometry jitter drawn per image, brightness and
+    noise as in the scenes), so the class is told by pattern alone.
+
+    Returns ``(images uint8 (N, H, W, 3), labels int64 (N,))``, class-major. ``split`` ("train"/"val") selects
+    independent random streams; neither split shares a stream with the pretraining images."""
+    seed = _check_seed(seed)
+    num_per_class = _check_count(num_per_class, "num_per_class", minimum=1)
+    h, w = _check_size(size, "size")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    styles = _ade_class_styles(seed, num_classes, "texture")
+    images, labels = [], []
+    for k in range(1, num_classes + 1):
+        for i in range(num_per_class):
+            rng = _rng(seed, "texture-classes", split, (k - 1) * num_per_class + i)
+            img = _ade_class_texture(rng, h, w, styles[k])
+            img = img * rng.uniform(0.75, 1.2) + rng.normal(0.0, 5.0, size=(h, w, 3)).astype(np.float32)
+            images.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+            labels.append(k - 1)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
 def _coco_split(out_dir, split, num, h, w, seed):

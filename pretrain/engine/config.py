@@ -91,6 +91,16 @@ def validate(cfg: DictConfig) -> None:
     choice("loss.koleo_scope", ["global", "local"])
     choice("optim.lr_scaling", ["sqrt_wrt_1024", "linear_wrt_256", "none"])
     choice("train.precision", ["auto", "bf16", "fp32"])
+    choice("model.pos_embed_interpolation", ["dinov2", "size"])
+    choice("heads.last_layer_init", ["pytorch_default", "trunc_normal"])
+    choice("heads.last_layer_gain", ["learned", "fixed"])
+    choice("optim.clip_grad_scope", ["per_module", "joint"])
+    choice("optim.decay_tokens_and_positions", [True, False])
+    blur = list(cfg.crops.blur_prob)
+    if len(blur) != 3 or not all(0.0 <= float(v) <= 1.0 for v in blur):
+        raise ConfigError(f"crops.blur_prob must be 3 probabilities (global 1, global 2, local), got {blur}")
+    if int(cfg.train.epoch_length) < 0:
+        raise ConfigError(f"train.epoch_length must be >= 0 (0 = one pass over the data), got {cfg.train.epoch_length}")
     lo, hi = cfg.masking.ratio
     if not 0.0 <= lo <= hi <= 1.0:
         raise ConfigError(f"masking.ratio must satisfy 0 <= lo <= hi <= 1, got {list(cfg.masking.ratio)}")

@@ -47,7 +47,8 @@ class MetricWriter:
         scalars = dict(scalars, it_per_s=its, images_per_s=its * images_per_iteration)
         line = (
             f"[{done}/{self.total}] {its:.2f} it/s ETA {format_seconds(eta)} | "
-            + " ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k not in ("it_per_s", "images_per_s"))
+            + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()
+                     if k not in ("it_per_s", "images_per_s") and not k.startswith("grad_norm_"))
         )
         if self.enabled:
             self.jsonl.write(json.dumps({"iteration": iteration, **scalars}) + "\n")

@@ -31,7 +31,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set
 from .config import config_hash, effective_epochs, load_config, to_container
 from .health import UniformOutputMonitor
 from .metrics import MetricWriter, format_seconds
-from .optim import apply_schedules, build_optimizer
+from .optim import apply_schedules, build_optimizer, clip_gradients
 from .sampler import PassIndexedDataset, StreamSampler
 from .schedules import build_schedules
 
@@ -43,13 +43,20 @@ class TrainingStopped(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------- processes
-def setup_distributed() -> torch.device:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or SLURM's when launched by srun."""
-    env = os.environ
+def adopt_slurm_environment(env=os.environ) -> int:
+    """Under ``srun`` without torchrun (SLURM_NTASKS > 1, MASTER_ADDR set, no RANK), set torch.distributed's
+    RANK / WORLD_SIZE / LOCAL_RANK from SLURM's variables. Returns the world size. Runs before the config is
+    loaded, since the lr scaling rule needs the world size."""
     if "RANK" not in env and int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    world = int(env.get("WORLD_SIZE", "1"))
+    return int(env.get("WORLD_SIZE", "1"))
+
+
+def setup_distributed() -> torch.device:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or SLURM's when launched by srun."""
+    env = os.environ
+    world = adopt_slurm_environment(env)
     if torch.cuda.is_available():
         device = torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -77,6 +84,7 @@ def build_dataset(cfg, validate: bool = True) -> SSLDataset:
     multicrop = MultiCropAugmentation(
         global_size=c.global_size, local_size=c.local_size, n_global=c.n_global, n_local=c.n_local,
         global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale), photometric=c.photometric,
+        blur_prob=tuple(c.blur_prob), grayscale_prob=float(c.grayscale_prob),
     )
     mode = pf.scale_dist if pf.enabled else "none"
     position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
@@ -114,8 +122,9 @@ def autocast_context(cfg, device):
     return contextlib.nullcontext()
 
 
-def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) -> tuple[dict, float, bool]:
-    """One optimisation step. Returns (loss terms as floats, gradient norm, whether the step was applied)."""
+def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) -> tuple[dict, dict, bool]:
+    """One optimisation step. Returns (loss terms as floats, gradient norms before clipping per student module
+    and ``"total"``, whether the step was applied)."""
     apply_schedules(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
     with autocast_context(cfg, device):
         out = ddp_model(batch, values["teacher_temp"])
@@ -124,17 +133,15 @@ def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) ->
     du.all_reduce_sum(finite)
     optimizer.zero_grad(set_to_none=True)
     if finite.item() < du.world_size():  # every process skips together
-        return {k: float("nan") for k in out}, float("nan"), False
+        return {k: float("nan") for k in out}, {"total": float("nan")}, False
     loss.backward()
-    params = [p for p in model.student.parameters() if p.grad is not None]
-    clip = float(cfg.optim.clip_grad)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    grad_norms = clip_gradients(model.student, float(cfg.optim.clip_grad), cfg.optim.clip_grad_scope == "per_module")
     optimizer.step()
     model.update_teacher(values["momentum"])
     terms = torch.stack([out[k].detach().float() for k in ("loss", "dino", "ibot", "pos", "koleo")])
     du.all_reduce_sum(terms)
     terms = (terms / du.world_size()).tolist()
-    return dict(zip(("loss", "dino", "ibot", "pos", "koleo"), terms)), float(grad_norm), True
+    return dict(zip(("loss", "dino", "ibot", "pos", "koleo"), terms)), grad_norms, True
 
 
 class StopSignal:
@@ -168,6 +175,20 @@ def iterations_per_epoch(cfg, dataset_len: int) -> int:
     return n
 
 
+def describe_schedule(cfg, iters_per_epoch: int, dataset_len: int) -> str:
+    """The epoch reading and what it means in iterations and images, for the start-up log."""
+    total_batch = cfg.train.batch_size_per_gpu * du.world_size()
+    epochs = cfg.optim.epochs
+    total = int(epochs * iters_per_epoch)
+    images = total * total_batch
+    if cfg.train.epoch_length > 0:
+        reading = f"epoch = {iters_per_epoch} iterations (train.epoch_length)"
+    else:
+        reading = f"epoch = one pass over the data ({iters_per_epoch} iterations)"
+    return (f"{reading}; {epochs} epochs = {total} iterations, {images} images seen "
+            f"({images / max(dataset_len, 1):.1f} passes over the data, {effective_epochs(cfg):.1f} effective epochs)")
+
+
 def train(cfg) -> dict:
     """Run (or resume) pretraining as configured. Returns a summary dict."""
     device = setup_distributed()
@@ -184,10 +205,9 @@ def train(cfg) -> dict:
     total = sched["total"]
     stop_at = min(total, int(cfg.train.max_iterations)) if cfg.train.max_iterations > 0 else total
     logger.info(
-        "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %d iterations/epoch, %d epochs "
-        "(%.1f effective epochs); lr %.3g", len(dataset), cfg.train.data, skipped, du.world_size(),
-        cfg.train.batch_size_per_gpu, cfg.train.batch_size_per_gpu * du.world_size(), ipe, cfg.optim.epochs,
-        effective_epochs(cfg), cfg.optim.lr,
+        "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %s; lr %.3g", len(dataset),
+        cfg.train.data, skipped, du.world_size(), cfg.train.batch_size_per_gpu,
+        cfg.train.batch_size_per_gpu * du.world_size(), describe_schedule(cfg, ipe, len(dataset)), cfg.optim.lr,
     )
 
     model = SSLMetaArch(cfg).to(device)
@@ -221,7 +241,7 @@ def train(cfg) -> dict:
         for it in range(start, stop_at):
             batch = to_device(next(loader), device)
             values = {k: sched[k][it] for k in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr")}
-            terms, gnorm, ok = train_step(model, ddp_model, optimizer, batch, values, cfg, device)
+            terms, gnorms, ok = train_step(model, ddp_model, optimizer, batch, values, cfg, device)
             if not ok:
                 nonfinite += 1
                 logger.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, nonfinite)
@@ -234,7 +254,8 @@ def train(cfg) -> dict:
                 continue
             nonfinite = 0
             if du.is_main() and (it % cfg.train.log_every == 0 or it == stop_at - 1):
-                scalars = dict(terms, grad_norm=gnorm, **values)
+                scalars = dict(terms, grad_norm=gnorms["total"], **values)
+                scalars.update({f"grad_norm_{k}": v for k, v in gnorms.items() if k != "total"})
                 if device.type == "cuda":
                     scalars["memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 logger.info(writer.write(it, scalars, images_per_it))
@@ -283,7 +304,7 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv)
     files = [a for a in ns.args if "=" not in a]
     overrides = [a for a in ns.args if "=" in a]
-    cfg = load_config(files, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    cfg = load_config(files, overrides, world_size=adopt_slurm_environment(os.environ))
     if ns.export_only:
         print(export_only(cfg))
         return 0

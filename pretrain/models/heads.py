@@ -1,8 +1,11 @@
 """DINO-style projection heads (DINO on CLS, iBOT on content-masked patches, position on position-masked patches).
 
-MLP (``nlayers`` linear layers with GELU) -> bottleneck -> L2 normalisation -> weight-normalised prototypes.
-The weight normalisation is applied with its gain fixed to 1 (as DINO/DINOv2 freeze ``weight_g`` at 1):
-the effective prototype matrix is ``last_layer.weight`` with unit-norm rows.
+MLP (``nlayers`` linear layers with GELU) -> bottleneck -> L2 normalisation -> weight-normalised prototypes
+``g_k * W_k / |W_k|``. ``gain="fixed"`` (default) holds ``g = 1``: the paper's Table 6 sets "Norm. last layer:
+True", iBOT's setting, whose code freezes ``weight_g`` at 1. ``gain="learned"`` is DINOv2's code, which trains
+``weight_g`` (initialised to 1, weight-decayed). DINOv2's code creates the last layer after the truncated-normal
+init of the MLP, so the prototypes keep PyTorch's default ``nn.Linear`` init (``last_layer_init="pytorch_default"``,
+default); ``"trunc_normal"`` re-initialises them with the MLP (our former choice). See docs/fidelity.md.
 
 The prototype layer is :func:`normalized_linear`, ``x @ (W / |W|_rows)^T`` with a hand-written backward: with
 65,536 prototypes, autograd's generic version allocates and walks several (K, bottleneck) and (tokens, K)
@@ -77,11 +80,22 @@ def normalized_linear(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-12)
 
 class DINOHead(nn.Module):
     def __init__(
-        self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        last_layer_init: str = "pytorch_default",
+        gain: str = "fixed",
     ):
         super().__init__()
         if nlayers < 1:
             raise ValueError("head nlayers must be >= 1")
+        if last_layer_init not in ("pytorch_default", "trunc_normal"):
+            raise ValueError(f"last_layer_init must be 'pytorch_default' or 'trunc_normal', got {last_layer_init!r}")
+        if gain not in ("learned", "fixed"):
+            raise ValueError(f"gain must be 'learned' or 'fixed', got {gain!r}")
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:
@@ -90,8 +104,14 @@ class DINOHead(nn.Module):
                 layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
-        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
-        self.apply(self._init)
+        if last_layer_init == "pytorch_default":  # the order of DINOv2's code (and of its random draws)
+            self.apply(self._init)
+            self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        else:
+            self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+            self.apply(self._init)
+        # ``last_layer`` in the name: frozen with the prototypes for the first epoch, as DINOv2's weight_g
+        self.last_layer_gain = nn.Parameter(torch.ones(out_dim)) if gain == "learned" else None
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -104,4 +124,7 @@ class DINOHead(nn.Module):
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = F.normalize(x, dim=-1, p=2, eps=eps)
-        return normalized_linear(x, self.last_layer.weight, eps)
+        logits = normalized_linear(x, self.last_layer.weight, eps)
+        if self.last_layer_gain is not None:
+            logits = logits * self.last_layer_gain.to(logits.dtype)
+        return logits

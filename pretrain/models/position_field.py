@@ -104,17 +104,36 @@ class PositionField(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
-def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+#: Resampling rules of a learned ``pos_embed`` grid (docs/fidelity.md, field-off positions).
+POS_INTERPOLATIONS = ("dinov2", "size")
+
+
+def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int], rule: str = "size") -> torch.Tensor:
     """Resample a ``(1, d, h, w)`` position grid to ``size`` in one bicubic step (``align_corners=False``, no
-    antialias, no offset): the rule of the field-off model and of the converters, which must agree."""
+    antialias). The field-off model and the converters use the same function, so they agree.
+
+    ``rule="size"`` interpolates to the output size. ``rule="dinov2"`` is DINOv2's code: the scale factor
+    ``(n + 0.1) / M`` per axis, which PyTorch also uses to place the source samples, so the values differ slightly
+    from ``size`` (same output shape). A grid already at ``size`` is returned unchanged under both rules.
+    """
+    if rule not in POS_INTERPOLATIONS:
+        raise ValueError(f"pos_embed interpolation must be one of {POS_INTERPOLATIONS}, got {rule!r}")
     if tuple(grid.shape[2:]) == tuple(size):
         return grid
-    out = F.interpolate(grid.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
+    if rule == "dinov2":
+        scale = tuple((float(n) + 0.1) / m for n, m in zip(size, grid.shape[2:]))
+        out = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False, antialias=False)
+    else:
+        out = F.interpolate(grid.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
+    if tuple(out.shape[2:]) != tuple(size):
+        raise ValueError(f"{rule} resampling of a {tuple(grid.shape[2:])} grid gave {tuple(out.shape[2:])}, not {size}")
     return out.to(grid.dtype)
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
-    """Resample a ``(1, num_prefix + n*n, d)`` learned grid embedding to ``grid`` (bicubic), DINOv2 style.
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1, rule: str = "size"
+) -> torch.Tensor:
+    """Resample a ``(1, num_prefix + n*n, d)`` learned grid embedding to ``grid`` (bicubic, :func:`resize_pos_grid`).
 
     Returns the patch part only, ``(1, gh*gw, d)``; prefix (CLS) slots are the caller's business.
     """
@@ -126,5 +145,5 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_pr
     if (side, side) == tuple(grid):
         return patch
     d = patch.shape[-1]
-    patch = resize_pos_grid(patch.reshape(1, side, side, d).permute(0, 3, 1, 2), grid)
+    patch = resize_pos_grid(patch.reshape(1, side, side, d).permute(0, 3, 1, 2), grid, rule)
     return patch.permute(0, 2, 3, 1).reshape(1, -1, d)

@@ -8,7 +8,8 @@ Position embeddings:
 - ``pos_field.enabled``: patch embeddings sampled from :class:`PositionField` at each crop's box and flip;
   the CLS token has its own learned ``cls_pos_embed``; register tokens get none.
 - otherwise (DINOv2 behaviour): a learned ``pos_embed`` of shape ``(1, 1 + n*n, d)`` (CLS slot first), resampled
-  bicubically to each crop's grid.
+  bicubically to each crop's grid by ``pos_embed_interpolation``: ``dinov2`` (DINOv2's code, scale factor with
+  its 0.1 offset) or ``size``.
 
 Masking (student, global crops): ``content_mask`` replaces the patch *content* by ``mask_token`` ([MASK]) and keeps
 its position; ``pos_mask`` replaces the patch *position* by ``posmask_token`` ([POSMASK]) and keeps its content.
@@ -57,6 +58,8 @@ class ViTConfig:
     pos_field: bool = True
     pos_field_size: list = field(default_factory=lambda: [50, 50])
     pos_field_init: str = "trunc_normal"
+    # the field-off resampling rule; "size" when absent, as in checkpoints exported before the option existed
+    pos_embed_interpolation: str = "size"
 
     @classmethod
     def from_arch(cls, arch: str, **overrides) -> "ViTConfig":
@@ -136,7 +139,7 @@ class VisionTransformer(nn.Module):
             if boxes is None:
                 boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=self.cls_token.device).expand(batch, 4)
             return self.pos_field(boxes, flips, grid)
-        return interpolate_pos_embed(self.pos_embed, grid, num_prefix=1)
+        return interpolate_pos_embed(self.pos_embed, grid, num_prefix=1, rule=self.cfg.pos_embed_interpolation)
 
     def cls_pos(self) -> torch.Tensor:
         return self.cls_pos_embed if self.cfg.pos_field else self.pos_embed[:, :1]

@@ -174,6 +174,16 @@ class BackboneAdapter:
         return outs
 
     @torch.no_grad()
+    def cls_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final-normed CLS token ``(B, D)`` after the last block (``x`` normalised input)."""
+        if self.num_prefix < 1:
+            raise AdapterError(f"{self.name} has no CLS token")
+        seq, _ = self.embed(x)
+        for blk in self.blocks:
+            seq = blk(seq)
+        return self.final_norm(seq)[:, 0]
+
+    @torch.no_grad()
     def iter_attentions(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield the softmax attention ``(B, H, T, T)`` of each block in turn (memory: one layer at a time)."""
         seq, _ = self.embed(x)

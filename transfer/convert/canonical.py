@@ -13,8 +13,9 @@ A :class:`CanonicalViT` is a timm-style plain ViT, independent of where it came 
 
 Position materialisation happens in ONE resampling, directly at the target grid (:func:`patch_pos_at`):
 a field is sampled bilinearly at the patch centres (:meth:`PositionField.materialise`, the model's own code);
-a grid is resized once with ``F.interpolate(mode="bicubic", align_corners=False, antialias=False)``, DINOv2's
-rule without its 0.1 offset (and the rule of our own field-off model, ``interpolate_pos_embed``).
+a grid is resized once with ``F.interpolate(mode="bicubic", align_corners=False, antialias=False)``, by output size
+or by DINOv2's scale factor with its 0.1 offset (``pos_interpolation``; the rule our own field-off model records in
+its metadata, and the same function, ``resize_pos_grid``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class CanonicalViT:
     reg_token: torch.Tensor | None = None
     pos_field: torch.Tensor | None = None
     pos_grid: torch.Tensor | None = None
+    pos_interpolation: str = "size"  # how pos_grid is resampled: size | dinov2 (resize_pos_grid)
     source_format: str = "unknown"
     mean: list | None = None
     std: list | None = None
@@ -289,7 +291,7 @@ def patch_pos_at(c: CanonicalViT, grid: tuple[int, int]) -> torch.Tensor:
             return pf.materialise((gh, gw))[None].detach().clone()
     from pretrain.models.position_field import resize_pos_grid
 
-    g = resize_pos_grid(c.pos_grid.float(), (gh, gw))
+    g = resize_pos_grid(c.pos_grid.float(), (gh, gw), c.pos_interpolation)
     return g.flatten(2).transpose(1, 2).contiguous()
 
 
@@ -298,7 +300,8 @@ def pos_source_desc(c: CanonicalViT) -> str:
         h, w = c.pos_field.shape[2:]
         return f"position field {h}x{w} sampled bilinearly at the patch centres over the whole virtual image"
     h, w = c.pos_grid.shape[2:]
-    return f"pos_embed grid {h}x{w} (resized once: bicubic, align_corners=False, no antialias, no offset)"
+    rule = "DINOv2's scale factor with offset 0.1" if c.pos_interpolation == "dinov2" else "by size, no offset"
+    return f"pos_embed grid {h}x{w} (resized once: bicubic, align_corners=False, no antialias, {rule})"
 
 
 def split_pos_embed(pos_embed: torch.Tensor, num_prefix_candidates: list[int]) -> tuple[int, torch.Tensor, tuple]:

@@ -123,7 +123,7 @@ def _timm_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, fina
             pos = pf(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), None, (gh, gw))
         else:
             flat = c.pos_grid.float().flatten(2).transpose(1, 2)
-            pos = interpolate_pos_embed(flat, (gh, gw), num_prefix=0)
+            pos = interpolate_pos_embed(flat, (gh, gw), num_prefix=0, rule=c.pos_interpolation)
     sd = {k: v.float() for k, v in c.state.items()}
     # canonical names are timm's ("ls1.gamma" included)
     sd["pos_embed"] = pos.reshape(1, gh * gw, d)

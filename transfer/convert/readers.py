@@ -446,6 +446,7 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
         vit_cfg["num_heads"] = opts.num_heads
     if opts.norm_eps is not None:
         vit_cfg["norm_eps"] = opts.norm_eps
+    c.pos_interpolation = str(vit_cfg.get("pos_embed_interpolation", "size"))
     c.mean = list(meta.get("mean") or IMAGENET_MEAN)
     c.std = list(meta.get("std") or IMAGENET_STD)
     backbone_state = {  # what our ViT holds: drop heads, keep the training-only tokens (our model has them)
