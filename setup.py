@@ -4,6 +4,7 @@ The heavy stack (torch, torchvision, mmcv with ops, detectron2) is installed by 
 from the pins in ``requirements/pins.env``; ``setup.py`` declares the light dependencies only, so that
 ``pretrain`` stays importable on a machine that has just torch, torchvision and timm.
 """
+
 from pathlib import Path
 
 from setuptools import find_packages, setup

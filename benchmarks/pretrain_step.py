@@ -22,6 +22,7 @@ step relative to the bare one, i.e. the framework overhead proper. Peak memory: 
 subprocess (CUDA: ``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The
 backbone's FLOPs per image come from fvcore (one multiply-add = 2 FLOPs, ``scaled_dot_product_attention`` included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,15 +63,19 @@ def make_batch(cfg, batch: int, device):
     g = torch.Generator().manual_seed(0)
     samples = []
     for i in range(batch):
-        samples.append({
-            "global_crops": [torch.randn(3, c.global_size, c.global_size, generator=g) for _ in range(c.n_global)],
-            "local_crops": [torch.randn(3, c.local_size, c.local_size, generator=g) for _ in range(c.n_local)],
-            "global_boxes": torch.tensor([[0.1, 0.1, 0.7, 0.7]]).repeat(c.n_global, 1),
-            "global_flips": torch.tensor([False, True]),
-            "local_boxes": torch.tensor([[0.2, 0.2, 0.4, 0.4]]).repeat(c.n_local, 1),
-            "local_flips": torch.zeros(c.n_local, dtype=torch.bool),
-            "index": i, "seed": 1234 + i, "pos_info": {"s": 0.5, "k": 1.0, "tx": 0.0, "ty": 0.0, "area_A": 0.5},
-        })
+        samples.append(
+            {
+                "global_crops": [torch.randn(3, c.global_size, c.global_size, generator=g) for _ in range(c.n_global)],
+                "local_crops": [torch.randn(3, c.local_size, c.local_size, generator=g) for _ in range(c.n_local)],
+                "global_boxes": torch.tensor([[0.1, 0.1, 0.7, 0.7]]).repeat(c.n_global, 1),
+                "global_flips": torch.tensor([False, True]),
+                "local_boxes": torch.tensor([[0.2, 0.2, 0.4, 0.4]]).repeat(c.n_local, 1),
+                "local_flips": torch.zeros(c.n_local, dtype=torch.bool),
+                "index": i,
+                "seed": 1234 + i,
+                "pos_info": {"s": 0.5, "k": 1.0, "tx": 0.0, "ty": 0.0, "area_A": 0.5},
+            }
+        )
     out = build_collator(cfg)(samples)
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in out.items()}
 
@@ -168,7 +173,7 @@ def time_variants(size: str, batch: int, steps: int, device_name: str) -> dict:
         out[v] = {"masked_tokens": masked, "flops": float(counter.get_total_flops()), "times": []}
     names = list(VARIANTS)
     for r in range(steps):
-        for v in names[r % len(names):] + names[: r % len(names)]:
+        for v in names[r % len(names) :] + names[: r % len(names)]:
             _sync(device)
             t = time.perf_counter()
             steps_fn[v]()
@@ -245,35 +250,47 @@ def main() -> int:
 
     from pretrain.engine.config import load_config
 
-    print(f"torch {torch.__version__}, device {args.device}, cuda available: {torch.cuda.is_available()}, "
-          f"threads {torch.get_num_threads()}, batch {args.batch} images per step, median of {args.steps} "
-          f"interleaved steps; memory over {args.memory_steps} steps in a fresh process per variant")
+    print(
+        f"torch {torch.__version__}, device {args.device}, cuda available: {torch.cuda.is_available()}, "
+        f"threads {torch.get_num_threads()}, batch {args.batch} images per step, median of {args.steps} "
+        f"interleaved steps; memory over {args.memory_steps} steps in a fresh process per variant"
+    )
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
         timing = _child(args.batch, args.steps, args.device, "--timing-child", size)
-        mem = {v: _child(args.batch, args.memory_steps, args.device, "--memory-child", size, v)["peak_bytes"]
-               for v in VARIANTS}
+        mem = {
+            v: _child(args.batch, args.memory_steps, args.device, "--memory-child", size, v)["peak_bytes"]
+            for v in VARIANTS
+        }
         res = timing["variants"]
         print(f"\n[{size}] on {timing['device']} ({time.perf_counter() - t0:.0f} s)")
-        print(f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'GFLOP/step':>11s} "
-              f"{'GFLOP/s':>8s} {'peak MiB':>9s}")
+        print(
+            f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'GFLOP/step':>11s} "
+            f"{'GFLOP/s':>8s} {'peak MiB':>9s}"
+        )
         for v, r in res.items():
-            print(f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
-                  f"{r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mem[v] / 2**20:9.1f}")
+            print(
+                f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
+                f"{r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mem[v] / 2**20:9.1f}"
+            )
         o, b = res["ours"], res["bare"]
 
-        def paired(ref):
+        def paired(ref, o=o, res=res):
             med, q1, q3 = paired_ratio(o["times"], res[ref]["times"])
             return f"(per round: median {med:.3f}x, quartiles {q1:.3f}-{q3:.3f}x)"
 
         for ref in ("dinov2", "dinov2_allmask"):
             d = res[ref]
             t_ratio, f_ratio = o["step_s"] / d["step_s"], o["flops"] / d["flops"]
-            print(f"ours/{ref}: time {t_ratio:.3f}x {paired(ref)}, FLOPs {f_ratio:.3f}x, time per FLOP "
-                  f"{t_ratio / f_ratio:.3f}x, memory {mem['ours'] / max(mem[ref], 1):.3f}x")
+            print(
+                f"ours/{ref}: time {t_ratio:.3f}x {paired(ref)}, FLOPs {f_ratio:.3f}x, time per FLOP "
+                f"{t_ratio / f_ratio:.3f}x, memory {mem['ours'] / max(mem[ref], 1):.3f}x"
+            )
         t_ratio, f_ratio = o["step_s"] / b["step_s"], o["flops"] / b["flops"]
-        print(f"full step/bare fwd+bwd: time {t_ratio:.3f}x {paired('bare')}, FLOPs {f_ratio:.3f}x, "
-              f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x")
+        print(
+            f"full step/bare fwd+bwd: time {t_ratio:.3f}x {paired('bare')}, FLOPs {f_ratio:.3f}x, "
+            f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x"
+        )
         cfg = load_config(SIZES[size], ["train.data=unused"])
         flops = backbone_flops(cfg)
         print(f"backbone (fvcore): {flops / 1e9:.2f} GFLOPs per {cfg.crops.global_size} px image (forward)")

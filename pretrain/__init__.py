@@ -1,1 +1,1 @@
-"""Self-supervised pretraining of ViTs with a crop-tied position field (see SPEC §2)."""
+"""Self-supervised pretraining of ViTs with a crop-tied position field (see docs/method.md)."""

@@ -1,4 +1,5 @@
 """Small wrappers around ``torch.distributed`` that are no-ops in a single process."""
+
 from __future__ import annotations
 
 import torch

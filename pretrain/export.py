@@ -1,4 +1,4 @@
-"""Exported backbone checkpoints (SPEC §2.6): the teacher backbone, field included, plus metadata.
+"""Exported backbone checkpoints (docs/method.md §6): the teacher backbone, field included, plus metadata.
 
 Layout of ``backbone.pth``::
 
@@ -9,19 +9,19 @@ Layout of ``backbone.pth``::
 
 The converters in ``transfer/convert`` read this format.
 """
+
 from __future__ import annotations
 
 import os
 
 import torch
 
+from .data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .io import atomic_torch_save
-from .models.vit import ViTConfig, VisionTransformer, build_vit
+from .models.vit import VisionTransformer, ViTConfig, build_vit
 
 FORMAT = "ssl-vit-toolkit/backbone"
 VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def export_backbone(

@@ -1,4 +1,5 @@
 """File helpers: atomic writes, so a crash never leaves a partial checkpoint behind."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,6 @@
 """Student/teacher self-distillation: a collated batch -> the loss terms of Eq. 6; EMA teacher update.
 
-``L = w_dino L_image + w_ibot L_content + w_koleo L_KoLeo + w_pos L_pos`` (SPEC §2.4):
+``L = w_dino L_image + w_ibot L_content + w_koleo L_KoLeo + w_pos L_pos`` (docs/method.md §4):
 - ``L_image``: DINO CLS loss (:func:`dino_cls_loss`) between student crops and the teacher's global crops;
 - ``L_content``: iBOT loss over content-masked patches (student sees ``[MASK]`` content, teacher the clean crop);
 - ``L_pos``: the same form over position-masked patches (student sees ``[POSMASK]`` positions) with its own head;
@@ -8,6 +8,7 @@
 
 The teacher is an EMA copy of the student (backbone and heads), always in eval mode.
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,8 +71,15 @@ class SSLMetaArch(nn.Module):
         d = backbone.embed_dim
 
         def head() -> DINOHead:
-            return DINOHead(d, int(h.n_prototypes), int(h.hidden_dim), int(h.bottleneck_dim), int(h.nlayers),
-                            last_layer_init=str(h.last_layer_init), gain=str(h.last_layer_gain))
+            return DINOHead(
+                d,
+                int(h.n_prototypes),
+                int(h.hidden_dim),
+                int(h.bottleneck_dim),
+                int(h.nlayers),
+                last_layer_init=str(h.last_layer_init),
+                gain=str(h.last_layer_gain),
+            )
 
         student = {"backbone": backbone, "dino_head": head()}
         self.use_content = uses_content_masking(cfg)

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: deterministic, single-threaded, tiny."""
+
 import os
 import random
 

@@ -1,4 +1,5 @@
-"""Analysis and quick probes (SPEC §4.3): attention NMI/MAD, dense 1-NN/linear probes, position proxy, CLIs."""
+"""Analysis and quick probes (docs/protocols.md §4): attention NMI/MAD, dense 1-NN/linear probes, position proxy,
+CLIs."""
 
 import csv
 import importlib.util
@@ -184,7 +185,7 @@ def test_recomputed_attention_reproduces_blocks():
         assert float(a.max()) > 0.5  # sharp, not uniform
         seq = out  # the adapter's chain
     toks = adapter.tokens(x, "all")
-    inter, _ = model.get_intermediate_layers(x, norm=True)
+    inter, _ = model.block_outputs(x, norm=True)
     for t, ref in zip(toks, inter):
         assert torch.allclose(t, ref[:, model.num_prefix_tokens :], atol=1e-6)
 

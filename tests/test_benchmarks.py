@@ -1,4 +1,5 @@
 """Helpers of the benchmark scripts (the scripts themselves print measurements and are not timed in tests)."""
+
 import importlib.util
 import os
 

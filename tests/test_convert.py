@@ -335,8 +335,9 @@ def test_training_checkpoint_converts_like_the_exported_teacher(tmp_path, capsys
     export_backbone(model.teacher["backbone"], tmp_path / "backbone.pth")
     for target, extra in (("timm", ("--grid", "6", "6")), ("detectron2", ())):
         a = torch.load(convert(tmp_path, ckpt, target, *extra, name=f"train_{target}.pth"), weights_only=True)
-        b = torch.load(convert(tmp_path, tmp_path / "backbone.pth", target, *extra, name=f"exp_{target}.pth"),
-                       weights_only=True)
+        b = torch.load(
+            convert(tmp_path, tmp_path / "backbone.pth", target, *extra, name=f"exp_{target}.pth"), weights_only=True
+        )
         sa, sb = a.get("state_dict", a.get("model")), b.get("state_dict", b.get("model"))
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sb)

@@ -1,4 +1,5 @@
-"""Pretraining core: position field, ViT, heads, losses, student/teacher (SPEC §2.1, §2.4)."""
+"""Pretraining core: position field, ViT, heads, losses, student/teacher (docs/method.md §1, §4)."""
+
 import math
 
 import pytest
@@ -74,8 +75,14 @@ def test_crop_of_crop_equals_composed_box():
     outer = torch.tensor([0.2, 0.1, 0.8, 0.7])
     inner_rel = torch.tensor([0.25, 0.5, 0.75, 1.0])  # inner crop in the outer crop's own coordinates
     w, h = outer[2] - outer[0], outer[3] - outer[1]
-    composed = torch.stack([outer[0] + inner_rel[0] * w, outer[1] + inner_rel[1] * h,
-                            outer[0] + inner_rel[2] * w, outer[1] + inner_rel[3] * h])
+    composed = torch.stack(
+        [
+            outer[0] + inner_rel[0] * w,
+            outer[1] + inner_rel[1] * h,
+            outer[0] + inner_rel[2] * w,
+            outer[1] + inner_rel[3] * h,
+        ]
+    )
     # patch centres of the inner crop, computed through the outer crop's coordinate frame
     rel_centres = patch_centres(inner_rel[None], None, (4, 4))[0]
     via_outer = torch.stack([outer[0] + rel_centres[..., 0] * w, outer[1] + rel_centres[..., 1] * h], -1)
@@ -242,8 +249,11 @@ def test_sinkhorn_knopp_numerically_safe():
 def test_sinkhorn_knopp_fast_path_equals_log_domain():
     # cosine-range logits as the heads produce, at the teacher temperatures in use, and a wide random case
     torch.manual_seed(2)
-    for logits, temp in [(torch.rand(50, 300) * 2 - 1, 0.04), (torch.rand(50, 300) * 2 - 1, 0.07),
-                         (torch.randn(17, 64) * 3, 0.1)]:
+    for logits, temp in [
+        (torch.rand(50, 300) * 2 - 1, 0.04),
+        (torch.rand(50, 300) * 2 - 1, 0.07),
+        (torch.randn(17, 64) * 3, 0.1),
+    ]:
         ref = sinkhorn_knopp_log(logits.double(), temp)
         torch.testing.assert_close(sinkhorn_knopp(logits, temp).double(), ref, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(sinkhorn_knopp(logits.double(), temp), ref, atol=1e-12, rtol=1e-10)
@@ -285,8 +295,12 @@ def test_dino_loss_hand_computed():
         return -sum(tp[k] * (ls[k] - lse) for k in range(2))
 
     # terms: g0 vs t1, g1 vs t0, l vs t0, l vs t1
-    want = (ce([1.0, 0.0], [0.0, 0.1]) + ce([0.5, 0.5], [0.2, 0.0]) + ce([0.5, 0.5], [0.1, 0.1])
-            + ce([1.0, 0.0], [0.1, 0.1])) / 4
+    want = (
+        ce([1.0, 0.0], [0.0, 0.1])
+        + ce([0.5, 0.5], [0.2, 0.0])
+        + ce([0.5, 0.5], [0.1, 0.1])
+        + ce([1.0, 0.0], [0.1, 0.1])
+    ) / 4
     assert abs(dino_cls_loss(s_g, s_l, t, temp).item() - want) < 1e-5
 
 
@@ -295,8 +309,10 @@ def test_dino_loss_summed_teachers_equal_pairwise_terms():
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    s_g, s_l = torch.randn(2, 3, 50, generator=g, dtype=torch.float64), torch.randn(4, 3, 50, generator=g,
-                                                                                     dtype=torch.float64)
+    s_g, s_l = (
+        torch.randn(2, 3, 50, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 50, generator=g, dtype=torch.float64),
+    )
     t = torch.softmax(torch.randn(2, 3, 50, generator=g, dtype=torch.float64) / 0.1, -1)
 
     def ce(tp, s):
@@ -305,8 +321,7 @@ def test_dino_loss_summed_teachers_equal_pairwise_terms():
     terms = [ce(t[1], s_g[0]), ce(t[0], s_g[1])] + [ce(tj, sl) for sl in s_l for tj in t]
     want = torch.stack(terms).mean()
     torch.testing.assert_close(dino_cls_loss(s_g, s_l, t, 0.1), want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(dino_cls_loss(s_g, None, t, 0.1), torch.stack(terms[:2]).mean(), rtol=1e-12,
-                               atol=1e-12)
+    torch.testing.assert_close(dino_cls_loss(s_g, None, t, 0.1), torch.stack(terms[:2]).mean(), rtol=1e-12, atol=1e-12)
 
 
 def test_masked_patch_loss_hand_computed():
@@ -314,8 +329,11 @@ def test_masked_patch_loss_hand_computed():
     s = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])  # 3 masked patches
     t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     temp = 1.0
-    ce = [-math.log(math.exp(0) / (math.exp(0) + math.exp(1))), -math.log(math.exp(1) / (math.exp(1) + 1)),
-          -math.log(0.5)]
+    ce = [
+        -math.log(math.exp(0) / (math.exp(0) + math.exp(1))),
+        -math.log(math.exp(1) / (math.exp(1) + 1)),
+        -math.log(0.5),
+    ]
     want = (ce[0] / 2 + ce[1] / 2 + ce[2] / 1) / 3  # per-crop weights, divided by the number of crops (3)
     assert abs(masked_patch_loss(s, t, masks, temp).item() - want) < 1e-6
 
@@ -356,12 +374,16 @@ def tiny_batch(b=3, n_local=2, content=None, pos=None, seed=0):
     boxes = torch.cat([lo, lo + 0.5], dim=1)
     llo = torch.rand(n_local * b, 2, generator=g) * 0.6
     return dict(
-        n_global=2, n_local=n_local,
+        n_global=2,
+        n_local=n_local,
         global_crops=torch.randn(2 * b, 3, 32, 32, generator=g),
         local_crops=torch.randn(n_local * b, 3, 16, 16, generator=g),
-        global_boxes=boxes[:, [0, 1, 2, 3]], global_flips=torch.rand(2 * b, generator=g) > 0.5,
-        local_boxes=torch.cat([llo, llo + 0.3], 1), local_flips=torch.rand(n_local * b, generator=g) > 0.5,
-        content_masks=cm, pos_masks=pm,
+        global_boxes=boxes[:, [0, 1, 2, 3]],
+        global_flips=torch.rand(2 * b, generator=g) > 0.5,
+        local_boxes=torch.cat([llo, llo + 0.3], 1),
+        local_flips=torch.rand(n_local * b, generator=g) > 0.5,
+        content_masks=cm,
+        pos_masks=pm,
     )
 
 
@@ -393,10 +415,10 @@ def independent_dinov2_loss(model, batch, teacher_temp, student_temp=0.1, koleo_
     terms = []
     for i in range(2):  # global crop i vs teacher's other crop
         j = 1 - i
-        terms.append(-(t_cls[j * b:(j + 1) * b] * lg[i * b:(i + 1) * b].log_softmax(-1)).sum(-1).mean())
+        terms.append(-(t_cls[j * b : (j + 1) * b] * lg[i * b : (i + 1) * b].log_softmax(-1)).sum(-1).mean())
     for li in range(batch["n_local"]):
         for j in range(2):
-            terms.append(-(t_cls[j * b:(j + 1) * b] * ll[li * b:(li + 1) * b].log_softmax(-1)).sum(-1).mean())
+            terms.append(-(t_cls[j * b : (j + 1) * b] * ll[li * b : (li + 1) * b].log_softmax(-1)).sum(-1).mean())
     dino = sum(terms) / len(terms)
     s_patch = model.student["ibot_head"](sg["patch"][cm]) / student_temp
     ce = -(t_patch * s_patch.log_softmax(-1)).sum(-1)
@@ -420,7 +442,9 @@ def test_total_loss_equals_independent_dinov2_objective():
     cm = torch.zeros(6, 16, dtype=torch.bool)
     cm[0, [1, 2, 5, 6]] = True
     cm[4, [10, 11, 14]] = True
-    batch = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in tiny_batch(content=cm).items()}
+    batch = {
+        k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in tiny_batch(content=cm).items()
+    }
     out = model(batch, teacher_temp=0.04)
     want = independent_dinov2_loss(model, batch, 0.04)
     torch.testing.assert_close(out["loss"], want, atol=1e-6, rtol=1e-7)
@@ -460,11 +484,16 @@ def test_vit_small_multicrop_forward_backward_cpu():
     cm[2, 100:120] = True
     pm[3, ::5] = True
     batch = dict(
-        n_global=2, n_local=8,
-        global_crops=torch.randn(2 * b, 3, 224, 224), local_crops=torch.randn(8 * b, 3, 96, 96),
-        global_boxes=torch.tensor([[0.0, 0.0, 0.6, 0.6]]).repeat(4, 1), global_flips=torch.tensor([0, 1, 0, 1]).bool(),
-        local_boxes=torch.tensor([[0.2, 0.2, 0.4, 0.4]]).repeat(16, 1), local_flips=torch.zeros(16, dtype=torch.bool),
-        content_masks=cm, pos_masks=pm,
+        n_global=2,
+        n_local=8,
+        global_crops=torch.randn(2 * b, 3, 224, 224),
+        local_crops=torch.randn(8 * b, 3, 96, 96),
+        global_boxes=torch.tensor([[0.0, 0.0, 0.6, 0.6]]).repeat(4, 1),
+        global_flips=torch.tensor([0, 1, 0, 1]).bool(),
+        local_boxes=torch.tensor([[0.2, 0.2, 0.4, 0.4]]).repeat(16, 1),
+        local_flips=torch.zeros(16, dtype=torch.bool),
+        content_masks=cm,
+        pos_masks=pm,
     )
     out = model(batch, 0.04)
     out["loss"].backward()

@@ -1,5 +1,5 @@
 """Tests of the pretraining data pipeline: multi-crop boxes/flips, position/scale augmentation, masks,
-collation, the robust image folder and the seeded dataset (SPEC §2.2, §2.3)."""
+collation, the robust image folder and the seeded dataset (docs/method.md §2, §3)."""
 
 import logging
 import math

@@ -8,6 +8,7 @@
 * The build context keeps what the build needs and leaves out .venv, .git and data.
 * docker/README.md covers every entry point in tools/; the helper scripts in docker/ parse (bash -n).
 """
+
 import fnmatch
 import json
 import os
@@ -30,8 +31,17 @@ PINS = ROOT / "requirements" / "pins.env"
 # Build arguments whose names say "version": each must be a pins.env key with the same value.
 VERSION_LIKE = re.compile(r"(VERSION|IMAGE|PYTHON|CUDA|ARCH|COMMIT|TAG|DIGEST)")
 # Keys that tools/install.sh installs from: their values must not be written anywhere in the Dockerfile.
-STACK_KEYS = ("TORCH_VERSION", "TORCHVISION_VERSION", "TIMM_VERSION", "MMCV_VERSION", "MMENGINE_VERSION",
-              "MMSEG_VERSION", "DETECTRON2_PYPI_VERSION", "DETECTRON2_COMMIT", "OMEGACONF_VERSION")
+STACK_KEYS = (
+    "TORCH_VERSION",
+    "TORCHVISION_VERSION",
+    "TIMM_VERSION",
+    "MMCV_VERSION",
+    "MMENGINE_VERSION",
+    "MMSEG_VERSION",
+    "DETECTRON2_PYPI_VERSION",
+    "DETECTRON2_COMMIT",
+    "OMEGACONF_VERSION",
+)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -110,8 +120,9 @@ def dockerignore_excludes(rel_path: str, patterns) -> bool:
         alts = {pat}
         if pat.startswith("**/"):
             alts.add(pat[3:])
-        if any(fnmatch.fnmatchcase(c, a) and (a.count("/") == c.count("/") or "**" in a)
-               for c in candidates for a in alts):
+        if any(
+            fnmatch.fnmatchcase(c, a) and (a.count("/") == c.count("/") or "**" in a) for c in candidates for a in alts
+        ):
             excluded = not negate
     return excluded
 
@@ -147,8 +158,8 @@ def test_hadolint_finds_nothing():
         res = subprocess.run(cmd, capture_output=True, text=True, input=text, timeout=120, cwd=ROOT)
         try:
             return res.returncode, json.loads(res.stdout or "[]"), res.stderr
-        except json.JSONDecodeError:
-            raise AssertionError(f"hadolint output is not JSON: {res.stdout!r} {res.stderr!r}")
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"hadolint output is not JSON: {res.stdout!r} {res.stderr!r}") from e
 
     # The linter must be live: a known-bad file gets findings (guards against a stub that prints []).
     rc, findings, _ = lint("-", "FROM ubuntu\nRUN cd /tmp && apt-get install -y curl\n")
@@ -283,11 +294,27 @@ def test_runtime_defaults():
 
 def test_dockerignore_keeps_what_the_build_needs():
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    for path in (".venv/bin/python", ".git/HEAD", "data/toy/images/a.jpg", "outputs/demo/backbone.pth",
-                 "pretrain/__pycache__/x.pyc", "ssl_vit_toolkit.egg-info/PKG-INFO", "work_dirs/ade20k/x.log"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "data/toy/images/a.jpg",
+        "outputs/demo/backbone.pth",
+        "pretrain/__pycache__/x.pyc",
+        "ssl_vit_toolkit.egg-info/PKG-INFO",
+        "work_dirs/ade20k/x.log",
+    ):
         assert dockerignore_excludes(path, patterns), f".dockerignore should leave out {path}"
-    needed = ["requirements/pins.env", "requirements/python.txt", "setup.py", "tools/install.sh", "tools/pretrain.sh",
-              "docker/check_image.sh", "pretrain/data/__init__.py", "transfer/__init__.py", "configs/pretrain/tiny_demo.yaml"]
+    needed = [
+        "requirements/pins.env",
+        "requirements/python.txt",
+        "setup.py",
+        "tools/install.sh",
+        "tools/pretrain.sh",
+        "docker/check_image.sh",
+        "pretrain/data/__init__.py",
+        "transfer/__init__.py",
+        "configs/pretrain/tiny_demo.yaml",
+    ]
     for path in needed:
         assert not dockerignore_excludes(path, patterns), f".dockerignore leaves out {path}, which the image needs"
     for path in ROOT.glob("pretrain/**/*.py"):
@@ -302,9 +329,24 @@ def test_readme_covers_every_tool():
     tools = sorted(p.name for p in (ROOT / "tools").iterdir() if p.suffix in (".sh", ".py"))
     missing = [t for t in tools if f"tools/{t}" not in text]
     assert not missing, f"docker/README.md does not show how to run {missing} in the container"
-    for must in ("docker build -f docker/Dockerfile", "--gpus all", "--ipc=host", "--shm-size", "--network host",
-                 "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GPUS", "srun", "DETECTRON2_DATASETS",
-                 "ADE20K_ROOT", "OUTPUT_DIR", "docker/check_image.sh", "tools/test.sh"):
+    for must in (
+        "docker build -f docker/Dockerfile",
+        "--gpus all",
+        "--ipc=host",
+        "--shm-size",
+        "--network host",
+        "NNODES",
+        "NODE_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "GPUS",
+        "srun",
+        "DETECTRON2_DATASETS",
+        "ADE20K_ROOT",
+        "OUTPUT_DIR",
+        "docker/check_image.sh",
+        "tools/test.sh",
+    ):
         assert must in text, f"docker/README.md should mention {must!r}"
 
 

@@ -3,6 +3,7 @@
 Tiny sizes so that it runs in CI on 2 cores; the numbers it checks are that every stage consumes the previous
 stage's real output (no hand-made checkpoints) and produces finite metrics.
 """
+
 import json
 import math
 import os
@@ -26,13 +27,33 @@ def run(cmd, env=None, timeout=900):
 
 @pytest.mark.slow
 def test_pretrain_convert_vitdet_segmenter(tmp_path):
-    toy = ensure_toy_data(str(tmp_path / "toy"), seed=0, num_images=24, image_size=(96, 96), coco_train=8,
-                          coco_val=4, coco_size=(128, 128), ade_train=8, ade_val=4, ade_size=(96, 96))
+    toy = ensure_toy_data(
+        str(tmp_path / "toy"),
+        seed=0,
+        num_images=24,
+        image_size=(96, 96),
+        coco_train=8,
+        coco_val=4,
+        coco_size=(128, 128),
+        ade_train=8,
+        ade_val=4,
+        ade_size=(96, 96),
+    )
     out = tmp_path / "pretrain"
     # 1. pretraining through the tool, on the embedded default's config, shortened
-    log = run(["bash", "tools/pretrain.sh", "configs/pretrain/tiny_demo.yaml", f"train.data={toy['images']}",
-               f"train.output_dir={out}", "train.max_iterations=3", "train.batch_size_per_gpu=4",
-               "train.num_workers=0", "train.log_every=1"])
+    log = run(
+        [
+            "bash",
+            "tools/pretrain.sh",
+            "configs/pretrain/tiny_demo.yaml",
+            f"train.data={toy['images']}",
+            f"train.output_dir={out}",
+            "train.max_iterations=3",
+            "train.batch_size_per_gpu=4",
+            "train.num_workers=0",
+            "train.log_every=1",
+        ]
+    )
     assert "teacher backbone exported" in log
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"loss"' in line]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
@@ -42,20 +63,54 @@ def test_pretrain_convert_vitdet_segmenter(tmp_path):
 
     # 2. conversion, checked numerically by the converter itself
     d2, mmseg = tmp_path / "d2.pth", tmp_path / "mmseg.pth"
-    log = run([sys.executable, "tools/convert_ckpt.py", "--src", str(backbone), "--dst", str(d2),
-               "--target", "detectron2", "--grid", "8", "8"])
+    log = run(
+        [
+            sys.executable,
+            "tools/convert_ckpt.py",
+            "--src",
+            str(backbone),
+            "--dst",
+            str(d2),
+            "--target",
+            "detectron2",
+            "--grid",
+            "8",
+            "8",
+        ]
+    )
     assert "ours" in log
-    run([sys.executable, "tools/convert_ckpt.py", "--src", str(backbone), "--dst", str(mmseg),
-         "--target", "mmseg", "--grid", "4", "4"])
+    run(
+        [
+            sys.executable,
+            "tools/convert_ckpt.py",
+            "--src",
+            str(backbone),
+            "--dst",
+            str(mmseg),
+            "--target",
+            "mmseg",
+            "--grid",
+            "4",
+            "4",
+        ]
+    )
     ref = torch.load(backbone, weights_only=True)["model"]
     conv = torch.load(d2, weights_only=True)["model"]
     torch.testing.assert_close(conv["backbone.net.patch_embed.proj.weight"], ref["patch_embed.proj.weight"])
 
     # 3. ViTDet Mask R-CNN on the toy COCO set
     det_out = tmp_path / "vitdet"
-    log = run(["bash", "tools/train_vitdet.sh", "configs/vitdet/mask_rcnn_vit_tiny_toy.py", str(d2),
-               "train.max_iter=4", "train.checkpointer.period=4"],
-              env={"TOY_COCO_ROOT": toy["coco"], "OUTPUT_DIR": str(det_out), "GPUS": "1"})
+    log = run(
+        [
+            "bash",
+            "tools/train_vitdet.sh",
+            "configs/vitdet/mask_rcnn_vit_tiny_toy.py",
+            str(d2),
+            "train.max_iter=4",
+            "train.checkpointer.period=4",
+        ],
+        env={"TOY_COCO_ROOT": toy["coco"], "OUTPUT_DIR": str(det_out), "GPUS": "1"},
+    )
     assert "ViTDet result: box AP" in log
     det = json.load(open(det_out / "metrics_final.json"))
     flat = json.dumps(det)
@@ -63,9 +118,19 @@ def test_pretrain_convert_vitdet_segmenter(tmp_path):
 
     # 4. Segmenter linear decoder on the toy ADE set
     seg_dir = tmp_path / "ade"
-    run(["bash", "tools/train_ade.sh", "configs/ade20k/segmenter_linear_vit_tiny_toy.py", str(mmseg),
-         "--work-dir", str(seg_dir), "train_cfg.max_iters=4", "train_cfg.val_interval=4"],
-        env={"TOY_ADE_ROOT": toy["ade"], "GPUS": "1"})
+    run(
+        [
+            "bash",
+            "tools/train_ade.sh",
+            "configs/ade20k/segmenter_linear_vit_tiny_toy.py",
+            str(mmseg),
+            "--work-dir",
+            str(seg_dir),
+            "train_cfg.max_iters=4",
+            "train_cfg.val_interval=4",
+        ],
+        env={"TOY_ADE_ROOT": toy["ade"], "GPUS": "1"},
+    )
     finals = [os.path.join(d, f) for d, _, files in os.walk(seg_dir) for f in files if f == "metrics_final.json"]
     assert len(finals) == 1
     seg = json.load(open(finals[0]))

@@ -1,4 +1,5 @@
 """Training engine: config, schedules, optimiser groups, resume after SIGTERM, DDP equivalence, corrupt data."""
+
 import json
 import math
 import os
@@ -11,7 +12,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
 
 from pretrain.data.toy import make_toy_images
 from pretrain.engine.config import ConfigError, load_config
@@ -24,11 +24,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_overrides(data, out, **extra):
     base = {
-        "model.arch": "vit_pico", "model.drop_path_rate": 0.0, "crops.global_size": 32, "crops.local_size": 16,
-        "crops.n_local": 2, "heads.n_prototypes": 64, "heads.hidden_dim": 32, "heads.bottleneck_dim": 16,
-        "pos_field.size": "[8,8]", "optim.epochs": 4, "optim.warmup_epochs": 1, "optim.lr_scaling": "none",
-        "train.data": data, "train.output_dir": out, "train.batch_size_per_gpu": 4, "train.epoch_length": 3,
-        "train.num_workers": 0, "train.log_every": 1, "train.checkpoint_every": 100, "crops.photometric": False,
+        "model.arch": "vit_pico",
+        "model.drop_path_rate": 0.0,
+        "crops.global_size": 32,
+        "crops.local_size": 16,
+        "crops.n_local": 2,
+        "heads.n_prototypes": 64,
+        "heads.hidden_dim": 32,
+        "heads.bottleneck_dim": 16,
+        "pos_field.size": "[8,8]",
+        "optim.epochs": 4,
+        "optim.warmup_epochs": 1,
+        "optim.lr_scaling": "none",
+        "train.data": data,
+        "train.output_dir": out,
+        "train.batch_size_per_gpu": 4,
+        "train.epoch_length": 3,
+        "train.num_workers": 0,
+        "train.log_every": 1,
+        "train.checkpoint_every": 100,
+        "crops.photometric": False,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -43,7 +58,9 @@ def toy_images(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- config
 def test_unknown_key_names_closest(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim.warmup_epoch'.*did you mean 'optim.warmup_epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'optim.warmup_epoch'.*did you mean 'optim.warmup_epochs'"
+    ):
         load_config([], ["optim.warmup_epoch=3", "train.data=x"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("masking:\n  content_fracton: 0.3\n")
@@ -97,9 +114,16 @@ def test_former_rule_exempts_tokens_and_field_and_last_layers_are_flagged():
     groups = param_groups(model.student, decay_tokens_and_positions=False)
     no_wd = {n for g in groups if g["wd_mult"] == 0 for n in g["names"]}
     wd = {n for g in groups if g["wd_mult"] == 1 for n in g["names"]}
-    for name in ("backbone.pos_field.field", "backbone.cls_token", "backbone.mask_token", "backbone.posmask_token",
-                 "backbone.cls_pos_embed", "backbone.blocks.0.norm1.weight", "backbone.blocks.0.attn.qkv.bias",
-                 "backbone.blocks.0.ls1.gamma"):
+    for name in (
+        "backbone.pos_field.field",
+        "backbone.cls_token",
+        "backbone.mask_token",
+        "backbone.posmask_token",
+        "backbone.cls_pos_embed",
+        "backbone.blocks.0.norm1.weight",
+        "backbone.blocks.0.attn.qkv.bias",
+        "backbone.blocks.0.ls1.gamma",
+    ):
         assert name in no_wd, name
     assert "backbone.blocks.0.attn.qkv.weight" in wd and "dino_head.mlp.0.weight" in wd
     last = {n for g in groups if g["is_last_layer"] for n in g["names"]}
@@ -115,8 +139,15 @@ def read_losses(out):
 
 def run_train(args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    return subprocess.Popen([sys.executable, "-m", "pretrain.engine.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pretrain.engine.train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_sigterm_then_resume_reproduces_uninterrupted_run(toy_images, tmp_path):
@@ -144,7 +175,7 @@ def test_sigterm_then_resume_reproduces_uninterrupted_run(toy_images, tmp_path):
     p = run_train(tiny_overrides(toy_images, cut_out))
     log = p.communicate(timeout=300)[0]
     assert p.returncode == 0, log
-    assert f"resumed from" in log and f"(next iteration {k + 1})" in log
+    assert "resumed from" in log and f"(next iteration {k + 1})" in log
     resumed = read_losses(cut_out)
     assert sorted(resumed) == list(range(12))
     for it in range(12):
@@ -196,9 +227,16 @@ def to_double(batch):
 def merge(batches):
     """Concatenate per-rank batches into the single-process batch (crop-major per crop index)."""
     merged = {"n_global": batches[0]["n_global"], "n_local": batches[0]["n_local"]}
-    for key, n in (("global_crops", "n_global"), ("global_boxes", "n_global"), ("global_flips", "n_global"),
-                   ("content_masks", "n_global"), ("pos_masks", "n_global"), ("local_crops", "n_local"),
-                   ("local_boxes", "n_local"), ("local_flips", "n_local")):
+    for key, n in (
+        ("global_crops", "n_global"),
+        ("global_boxes", "n_global"),
+        ("global_flips", "n_global"),
+        ("content_masks", "n_global"),
+        ("pos_masks", "n_global"),
+        ("local_crops", "n_local"),
+        ("local_boxes", "n_local"),
+        ("local_flips", "n_local"),
+    ):
         chunks = [b[key].chunk(b[n]) for b in batches]
         merged[key] = torch.cat([c[i] for i in range(batches[0][n]) for c in chunks])
     return merged
@@ -222,8 +260,9 @@ def _worker(rank, world, store_file, cfg_list, batches, result_file):
 
     torch.set_num_threads(1)
     # file rendezvous: no port to collide with other processes on the machine; a timeout instead of a hang
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
     from omegaconf import OmegaConf
     from torch.nn.parallel import DistributedDataParallel
 
@@ -246,8 +285,9 @@ def test_two_gloo_processes_match_one_process_with_double_batch(toy_images, tmp_
     from omegaconf import OmegaConf
 
     # KoLeo over the gathered batch: with DINOv2's per-process KoLeo a 2 x b run is not a 1 x 2b run
-    cfg = load_config([], tiny_overrides(toy_images, str(tmp_path), **{"crops.photometric": True,
-                                                                        "loss.koleo_scope": "global"}))
+    cfg = load_config(
+        [], tiny_overrides(toy_images, str(tmp_path), **{"crops.photometric": True, "loss.koleo_scope": "global"})
+    )
     steps, b = 3, 3
     # float64: at initialisation the CLS features are nearly identical, so KoLeo's gradient (~1/d^2 with d ~ 1e-5)
     # amplifies float32 rounding differences between a 2 x b and a 1 x 2b batch to ~1e-3; in float64 they vanish

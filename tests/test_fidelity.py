@@ -1,5 +1,6 @@
 """DINOv2's code as the default (docs/fidelity.md): clipping, blur, weight decay, head init and gain, field-off
 interpolation, srun's world size, multi-process training in every masking mode, and the former choices."""
+
 import glob
 import json
 import math
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from test_engine import tiny_overrides
 from torch import nn
 
 from pretrain.data.multicrop import MultiCropAugmentation
@@ -20,23 +22,17 @@ from pretrain.engine.config import load_config
 from pretrain.engine.optim import clip_gradients, param_groups
 from pretrain.models import DINOHead, ViTConfig, build_vit
 from pretrain.models.position_field import interpolate_pos_embed, resize_pos_grid
-from pretrain.ssl import SSLMetaArch, uses_content_masking, uses_position_masking
+from pretrain.ssl import SSLMetaArch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "pretrain", "**", "*.yaml"), recursive=True))
 
-TINY = {
-    "model.arch": "vit_pico", "model.drop_path_rate": 0.0, "crops.global_size": 32, "crops.local_size": 16,
-    "crops.n_local": 2, "heads.n_prototypes": 64, "heads.hidden_dim": 32, "heads.bottleneck_dim": 16,
-    "pos_field.size": "[8,8]", "optim.epochs": 3, "optim.warmup_epochs": 1, "optim.lr_scaling": "none",
-    "train.batch_size_per_gpu": 4, "train.epoch_length": 1, "train.num_workers": 0, "train.log_every": 1,
-    "train.checkpoint_every": 100,
-}
-
 
 def overrides(**extra):
-    return [f"{k}={v}" for k, v in dict(TINY, **extra).items()]
+    """The engine tests' tiny run, 3 iterations long."""
+    base = {"optim.epochs": 3, "train.epoch_length": 1}
+    return tiny_overrides(extra.pop("train.data", "x"), extra.pop("train.output_dir", "y"), **dict(base, **extra))
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +49,18 @@ def test_every_pretraining_config_loads_and_validates(path):
     total = cfg.train.batch_size_per_gpu
     factor = {"sqrt_wrt_1024": math.sqrt(total / 1024), "linear_wrt_256": total / 256, "none": 1.0}
     assert math.isclose(cfg.optim.lr, cfg.optim.base_lr * factor[cfg.optim.lr_scaling])
-    SSLMetaArch(load_config([path], ["train.data=x", "model.arch=vit_pico", "heads.n_prototypes=16",
-                                     "heads.hidden_dim=16", "heads.bottleneck_dim=8"]))  # builds
+    SSLMetaArch(
+        load_config(
+            [path],
+            [
+                "train.data=x",
+                "model.arch=vit_pico",
+                "heads.n_prototypes=16",
+                "heads.hidden_dim=16",
+                "heads.bottleneck_dim=8",
+            ],
+        )
+    )  # builds
 
 
 def test_config_count_covers_the_folder():
@@ -70,8 +76,11 @@ def _free_port() -> int:
 
 
 MODES = {
-    "content_only_field_off": {"pos_field.enabled": "false", "masking.mask_probability": 0.5,
-                               "masking.content_fraction": 1.0},
+    "content_only_field_off": {
+        "pos_field.enabled": "false",
+        "masking.mask_probability": 0.5,
+        "masking.content_fraction": 1.0,
+    },
     "position_only": {"masking.content_fraction": 0.0},
     "both": {},
     "none": {"masking.mask_probability": 0.0},
@@ -87,8 +96,18 @@ def test_two_gloo_processes_train_in_every_masking_mode(mode, toy_images, tmp_pa
     unused tokens are tied into the loss."""
     out = tmp_path / mode
     args = overrides(**MODES[mode], **{"train.data": toy_images, "train.output_dir": str(out)})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "pretrain.engine.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "pretrain.engine.train",
+        *args,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -174,25 +193,38 @@ def _exempt(cfg):
 
 
 def test_parameter_groups_without_weight_decay_dinov2_rule():
-    cfg = load_config([], overrides(**{"train.data": "x", "model.num_register_tokens": 1,
-                                       "heads.last_layer_gain": "learned"}))
+    cfg = load_config([], overrides(**{"model.num_register_tokens": 1, "heads.last_layer_gain": "learned"}))
     exempt = _exempt(cfg)
     assert "dino_head.last_layer_gain" not in exempt  # DINOv2 decays its weight_g
     # biases, norms, LayerScale: and nothing else
     assert all(n.endswith(".bias") or "norm" in n or ".gamma" in n for n in exempt), sorted(exempt)
-    assert {"backbone.blocks.0.ls1.gamma", "backbone.blocks.1.norm2.weight", "backbone.norm.bias",
-            "dino_head.mlp.0.bias"} <= exempt
-    for decayed in ("backbone.cls_token", "backbone.mask_token", "backbone.posmask_token", "backbone.reg_token",
-                    "backbone.cls_pos_embed", "backbone.pos_field.field"):
+    assert {
+        "backbone.blocks.0.ls1.gamma",
+        "backbone.blocks.1.norm2.weight",
+        "backbone.norm.bias",
+        "dino_head.mlp.0.bias",
+    } <= exempt
+    for decayed in (
+        "backbone.cls_token",
+        "backbone.mask_token",
+        "backbone.posmask_token",
+        "backbone.reg_token",
+        "backbone.cls_pos_embed",
+        "backbone.pos_field.field",
+    ):
         assert decayed not in exempt, decayed
 
 
 def test_parameter_groups_without_weight_decay_former_rule():
-    cfg = load_config([], overrides(**{"train.data": "x", "optim.decay_tokens_and_positions": "false",
-                                       "pos_field.enabled": "false"}))
+    cfg = load_config([], overrides(**{"optim.decay_tokens_and_positions": "false", "pos_field.enabled": "false"}))
     exempt = _exempt(cfg)
-    assert {"backbone.cls_token", "backbone.mask_token", "backbone.posmask_token", "backbone.pos_embed",
-            "backbone.blocks.0.ls1.gamma"} <= exempt
+    assert {
+        "backbone.cls_token",
+        "backbone.mask_token",
+        "backbone.posmask_token",
+        "backbone.pos_embed",
+        "backbone.blocks.0.ls1.gamma",
+    } <= exempt
     assert "backbone.blocks.0.attn.qkv.weight" not in exempt
 
 
@@ -228,8 +260,9 @@ def test_head_gain_is_learned_and_scales_the_logits():
 # ------------------------------------------------------------------------------------------- field-off positions
 def test_field_off_pos_embed_follows_dinov2_scale_factor_rule():
     torch.manual_seed(0)
-    vit = build_vit(ViTConfig.from_arch("vit_pico", patch_size=8, img_size=64, pos_field=False,
-                                        pos_embed_interpolation="dinov2"))
+    vit = build_vit(
+        ViTConfig.from_arch("vit_pico", patch_size=8, img_size=64, pos_field=False, pos_embed_interpolation="dinov2")
+    )
     m, g = 8, 3
     grid = vit.pos_embed[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
     # independent: F.interpolate with DINOv2's scale factor (g + 0.1) / M, written out here
@@ -244,7 +277,7 @@ def test_field_off_pos_embed_follows_dinov2_scale_factor_rule():
 
 
 def test_pretraining_config_default_is_dinov2_interpolation():
-    cfg = load_config([], overrides(**{"train.data": "x", "pos_field.enabled": "false"}))
+    cfg = load_config([], overrides(**{"pos_field.enabled": "false"}))
     vit = SSLMetaArch(cfg).student["backbone"]
     assert vit.cfg.pos_embed_interpolation == "dinov2"
     assert ViTConfig().pos_embed_interpolation == "size"  # what checkpoints without the key were trained with

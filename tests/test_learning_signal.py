@@ -11,6 +11,7 @@ run on this 2-core machine, so the backbone is the one whose numbers the README 
 - a 5-NN classifier on the frozen CLS token over the toy texture classes (one pattern per image, colours random)
   beats every one of the same three random initialisations.
 """
+
 import json
 import math
 import os
@@ -37,9 +38,19 @@ def demo(tmp_path_factory):
     out = tmp / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=REPO)
     p = subprocess.run(
-        [sys.executable, "-m", "pretrain.engine.train", "configs/pretrain/tiny_demo.yaml",
-         f"train.data={toy['images']}", f"train.output_dir={out}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pretrain.engine.train",
+            "configs/pretrain/tiny_demo.yaml",
+            f"train.data={toy['images']}",
+            f"train.output_dir={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "320 iterations" in p.stdout + p.stderr

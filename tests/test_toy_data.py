@@ -139,7 +139,7 @@ def test_coco_objects_are_visible(toy_root):
 @pytest.mark.parametrize("which", ["ade", "ade_texture"])
 def test_ade_label_maps(toy_root, which):
     k = SMALL["ade_classes"]
-    for split, sub, num in (("train", "training", SMALL["ade_train"]), ("val", "validation", SMALL["ade_val"])):
+    for sub, num in (("training", SMALL["ade_train"]), ("validation", SMALL["ade_val"])):
         img_dir = os.path.join(toy_root[which], "images", sub)
         ann_dir = os.path.join(toy_root[which], "annotations", sub)
         imgs, anns = sorted(os.listdir(img_dir)), sorted(os.listdir(ann_dir))
@@ -156,6 +156,7 @@ def test_ade_label_maps(toy_root, which):
 
 def _region_colour_accuracy(root, min_pixels=64):
     """Nearest-centroid accuracy of predicting a labelled region's class from its mean RGB (train -> val)."""
+
     def regions(sub):
         out = []
         img_dir, ann_dir = os.path.join(root, "images", sub), os.path.join(root, "annotations", sub)

@@ -9,7 +9,7 @@ For each checkpoint (ours, or anything ``tools/convert_ckpt.py`` reads: DINOv2, 
 - ``attention_maps_<ckpt>.png``: head-averaged final-layer attention of each query point over the first images,
   red dot at the query (paper Fig. 6).
 
-Definitions: papers_digest §0.6 (Park et al.): CLS/register rows and columns dropped, rows renormalised, per head,
+Definitions: docs/protocols.md §4 (Park et al.): CLS/register rows and columns dropped, rows renormalised, per head,
 then averaged over heads and images. Images are resized to ``--size`` (rounded down to a multiple of the patch
 size); position embeddings are sampled (our field) or interpolated (``pos_embed``) at that grid.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Frozen-backbone dense patch probes (1-NN and linear) on an ADE20K-layout set (SPEC §4.3, LocalRep).
+"""Frozen-backbone dense patch probes (1-NN and linear) on an ADE20K-layout set (docs/protocols.md §4, LocalRep).
 
 Patch tokens after the chosen blocks (final LayerNorm applied), patch label = majority pixel label (patches whose
 majority is the ignore label are skipped), optional removal of the top-m variance dimensions (variance over the

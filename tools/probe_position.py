@@ -100,8 +100,7 @@ def main(argv=None):
     print(format_grid(cells, "top1"))
     print(format_grid(cells, "within1"))
     print(
-        f"mean top-1 over cells {mean_over_cells(cells, 'top1'):.4f}, "
-        f"within-1 {mean_over_cells(cells, 'within1'):.4f}"
+        f"mean top-1 over cells {mean_over_cells(cells, 'top1'):.4f}, within-1 {mean_over_cells(cells, 'within1'):.4f}"
     )
     for path in paths.values():
         print(f"wrote {path}")

@@ -6,6 +6,7 @@ torch >= 2.6 loads with ``weights_only=True`` unless told otherwise. mmengine 0.
 Rather than switching the safe loader off, we allow-list exactly the types those checkpoints contain.
 Call :func:`allow_framework_checkpoint_globals` once before training or resuming.
 """
+
 from __future__ import annotations
 
 import torch

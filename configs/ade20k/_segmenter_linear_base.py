@@ -1,7 +1,8 @@
-# Segmenter linear decoder on a plain ViT, ADE20K, 512x512, 160k iterations (paper appendix B.3, SPEC §4.2).
+# Segmenter linear decoder on a plain ViT, ADE20K, 512x512, 160k iterations (paper appendix B.3, docs/protocols.md §3).
 #
 # Shared base of segmenter_linear_vit_{s,b}_160k.py and segmenter_linear_vit_tiny_toy.py. Run it through
-#   tools/train_ade.sh CONFIG CKPT [--sweep] [--seeds 2]     or     python -m transfer.segmenter.train CONFIG --init CKPT
+#   tools/train_ade.sh CONFIG CKPT [--sweep] [--seeds 2]
+# or python -m transfer.segmenter.train CONFIG --init CKPT
 # The entry (transfer/segmenter/train.py) derives what must follow the command line:
 #   * train_dataloader.batch_size = total_batch_size // world size (error if not divisible);
 #   * every PolyLR's eta_min = min_lr_ratio x the final lr (after --lr / --cfg-options), end = max_iters;

@@ -21,7 +21,6 @@ init checkpoint's metadata and refuses a checkpoint that does not match.
 from functools import partial
 
 import torch.nn as nn
-
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 

@@ -1,7 +1,7 @@
 """Tiny ViTDet Mask R-CNN on the toy COCO set (CPU, minutes): the COCO protocol's code path at toy scale.
 
-* Data: ``toy_coco_train`` / ``toy_coco_val``, registered by ``transfer.vitdet.train`` from ``$TOY_COCO_ROOT`` or
-  ``train.toy_coco_root`` (a folder written by ``pretrain.data.toy.make_toy_coco``), LSJ at 128 px, batch 2.
+* Data: ``toy_coco_train`` / ``toy_coco_val``, registered by ``transfer.vitdet.train`` from ``$TOY_COCO_ROOT``, else
+  ``train.toy_coco_root`` (default ``data/toy/coco``, written by ``tools/make_toy_data.py``), LSJ at 128 px, batch 2.
 * Backbone: the defaults below are a tiny ViT; with ``--init CKPT`` the architecture (``embed_dim``, ``depth``,
   ``num_heads``, ``patch_size``, ``pretrain_img_size``, tokens) is taken from the checkpoint's metadata.
   The checkpoint's position grid should be ``IMAGE_SIZE / patch_size`` (8x8 here) so that no interpolation
@@ -13,7 +13,7 @@
 from pretrain.data.toy import COCO_CATEGORIES
 from transfer.vitdet.data import lsj_dataloader
 
-from .base_mask_rcnn_vit import dataloader, lr_multiplier, model, optimizer, train
+from .base_mask_rcnn_vit import lr_multiplier, model, optimizer, train
 
 IMAGE_SIZE = 128
 
@@ -44,7 +44,7 @@ train.checkpointer.period = 100
 train.log_period = 20
 train.amp.enabled = False
 train.ddp.fp16_compression = False
-train.toy_coco_root = ""  # empty: $TOY_COCO_ROOT
+train.toy_coco_root = "data/toy/coco"  # where tools/make_toy_data.py writes it; $TOY_COCO_ROOT wins when set
 
 optimizer.lr = 2e-4
 

@@ -1,4 +1,4 @@
-"""Batch collation with content / position masks for the student's global crops (SPEC §2.3).
+"""Batch collation with content / position masks for the student's global crops (docs/method.md §3).
 
 Crops are stacked **crop-major** as in DINOv2: all samples' crop 0, then all samples' crop 1, ... Row
 ``c * B + b`` of ``global_crops`` (and of the boxes, flips and masks) is crop ``c`` of sample ``b``.

@@ -165,6 +165,3 @@ class ImageFolderDataset:
                     self._mark_bad(index, error)
         return self.num_skipped
 
-    def is_known_bad(self, index: int) -> bool:
-        """Whether ``index`` has already been found unreadable in this process."""
-        return (index % len(self)) in self._bad

@@ -1,4 +1,4 @@
-"""Patch-mask generators for the student's global crops (SPEC §2.3).
+"""Patch-mask generators for the student's global crops (docs/method.md §3).
 
 * :class:`BoxMaskGenerator`: content masking, BEiT/DINOv2 block-wise masks (a union of random rectangles).
 * :class:`CrossMaskGenerator`: position masking, a union of random 1-patch-thick crosses.
@@ -149,7 +149,7 @@ class BoxMaskGenerator:
 
 
 class CrossMaskGenerator:
-    """Cross-wise position masking (SPEC §2.3, shape parameters are our choice).
+    """Cross-wise position masking (docs/method.md §3, shape parameters are our choice).
 
     A cross is a horizontal and a vertical 1-patch-thick bar through a random centre ``(r, c)`` (uniform over
     the grid), with arm half-lengths ``a_h ~ U{1..max(1, gw // 4)}`` (horizontal bar: row ``r``, columns

@@ -1,4 +1,4 @@
-"""Multi-crop augmentation that also reports where every crop came from (SPEC §2.2, §2.5).
+"""Multi-crop augmentation that also reports where every crop came from (docs/method.md §2, §5).
 
 Every crop is described by its box ``(x0, y0, x1, y1)`` in normalised coordinates of the *original* image
 (``x = column / width``, ``y = row / height``, both in [0, 1]) and a horizontal-flip flag. The box is the
@@ -26,8 +26,8 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+
 
 #: Aspect-ratio range of the random resized crops (torchvision's and DINOv2's default).
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

@@ -1,4 +1,4 @@
-"""Position and scale augmentation: place an image's crops inside the virtual image (SPEC §2.2).
+"""Position and scale augmentation: place an image's crops inside the virtual image (docs/method.md §2).
 
 Per image, all of its crop boxes (original-image coordinates in [0, 1]) are mapped by one shared similarity
 map into virtual-image coordinates, the frame of the learnable position field:
@@ -140,7 +140,7 @@ def _check_boxes(name: str, boxes) -> torch.Tensor:
 
 
 class PositionScaleAugmentation:
-    """Map an image's crop boxes into the virtual image with one random scale and translation (SPEC §2.2).
+    """Map an image's crop boxes into the virtual image with one random scale and translation (docs/method.md §2).
 
     Args:
         mode: ``"beta"`` | ``"uniform"`` | ``"const"`` | ``"none"`` (see the module docstring).

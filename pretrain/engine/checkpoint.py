@@ -1,8 +1,9 @@
-"""Training checkpoints (SPEC §2.6): model (student + teacher), optimiser, iteration, RNG states, config.
+"""Training checkpoints (docs/method.md §6): model (student + teacher), optimiser, iteration, RNG states, config.
 
 Files are ``<output_dir>/checkpoints/ckpt_<iteration:08d>.pth``, written atomically; the newest ``keep`` are kept.
 Everything saved loads with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import glob

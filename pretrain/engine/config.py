@@ -4,6 +4,7 @@ A YAML file may start with ``_base_: path.yaml`` (or a list), relative to that f
 Any key not present in the defaults is an error naming it and the closest valid key. The lr scaling rule
 fills ``optim.lr`` from ``optim.base_lr`` and the total batch.
 """
+
 from __future__ import annotations
 
 import difflib

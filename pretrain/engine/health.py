@@ -7,6 +7,7 @@ The embedded tiny demo shows it: LayerScale 1e-5 keeps the CLS token identical a
 so Sinkhorn-Knopp returns uniform targets, and KoLeo's huge gradient on identical tokens, once clipped, scales
 every other gradient down (see README, "Analysis and quick probes").
 """
+
 from __future__ import annotations
 
 import math

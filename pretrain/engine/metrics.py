@@ -1,4 +1,5 @@
 """Progress on rank 0: a console line with iterations/s and ETA, JSON-lines metrics, TensorBoard scalars."""
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,10 @@ class MetricWriter:
         avg = (done - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / max(avg, 1e-9)
         scalars = dict(scalars, it_per_s=its, images_per_s=its * images_per_iteration)
-        line = (
-            f"[{done}/{self.total}] {its:.2f} it/s ETA {format_seconds(eta)} | "
-            + " ".join(f"{k} {v:.4g}" for k, v in scalars.items()
-                     if k not in ("it_per_s", "images_per_s") and not k.startswith("grad_norm_"))
+        line = f"[{done}/{self.total}] {its:.2f} it/s ETA {format_seconds(eta)} | " + " ".join(
+            f"{k} {v:.4g}"
+            for k, v in scalars.items()
+            if k not in ("it_per_s", "images_per_s") and not k.startswith("grad_norm_")
         )
         if self.enabled:
             self.jsonl.write(json.dumps({"iteration": iteration, **scalars}) + "\n")

@@ -9,6 +9,7 @@ so that their lr can be held at 0 for the first epoch.
 Clipping: DINOv2 clips each student module (backbone, each head) to the threshold on its own; ``joint`` clips one
 norm over all of them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -48,9 +49,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     for g in groups:
         g.pop("names")
     # fused: one kernel per parameter group instead of a loop over tensors (CPU and CUDA in torch >= 2.4)
-    return torch.optim.AdamW(
-        groups, lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=0.0, fused=True
-    )
+    return torch.optim.AdamW(groups, lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=0.0, fused=True)
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:

@@ -6,6 +6,7 @@ the ``r``-th slice of ``B / world`` positions. Resuming at iteration ``k`` start
 resumed run sees exactly the samples of an uninterrupted one. Each yielded value encodes ``(pass, index)`` as
 ``pass * len + index``; :class:`PassIndexedDataset` decodes it so that the crops of an image differ per pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,15 @@ from ..data.dataset import mix_seeds
 
 
 class StreamSampler(Sampler[int]):
-    def __init__(self, dataset_len: int, batch_per_rank: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 start_iteration: int = 0):
+    def __init__(
+        self,
+        dataset_len: int,
+        batch_per_rank: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        start_iteration: int = 0,
+    ):
         if dataset_len <= 0:
             raise ValueError("empty dataset")
         self.n, self.b, self.rank, self.world = dataset_len, batch_per_rank, rank, world

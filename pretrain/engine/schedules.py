@@ -1,4 +1,5 @@
 """Per-iteration schedules: linear warm-up then cosine, with an optional frozen prefix (DINOv2 style)."""
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ One process per GPU (``torchrun``; DDP with NCCL on GPU, gloo on CPU) or a singl
 newest checkpoint in ``train.output_dir``; checkpoints periodically and on SIGTERM/SIGINT; exports the teacher
 backbone to ``<output_dir>/backbone.pth`` at the end (``--export-only`` exports from the newest checkpoint).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,9 @@ def setup_logging(output_dir: str) -> None:
     if du.is_main():
         os.makedirs(output_dir, exist_ok=True)
         handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt")))
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", handlers=handlers,
-                        force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", handlers=handlers, force=True
+    )
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -82,9 +84,15 @@ def build_dataset(cfg, validate: bool = True) -> SSLDataset:
     c, pf = cfg.crops, cfg.pos_field
     images = ImageFolderDataset(cfg.train.data, validate=validate)
     multicrop = MultiCropAugmentation(
-        global_size=c.global_size, local_size=c.local_size, n_global=c.n_global, n_local=c.n_local,
-        global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale), photometric=c.photometric,
-        blur_prob=tuple(c.blur_prob), grayscale_prob=float(c.grayscale_prob),
+        global_size=c.global_size,
+        local_size=c.local_size,
+        n_global=c.n_global,
+        n_local=c.n_local,
+        global_scale=tuple(c.global_scale),
+        local_scale=tuple(c.local_scale),
+        photometric=c.photometric,
+        blur_prob=tuple(c.blur_prob),
+        grayscale_prob=float(c.grayscale_prob),
     )
     mode = pf.scale_dist if pf.enabled else "none"
     position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
@@ -98,13 +106,20 @@ def build_collator(cfg) -> MaskingCollator:
 
 
 def build_loader(cfg, dataset: SSLDataset, start_iteration: int):
-    sampler = StreamSampler(len(dataset), cfg.train.batch_size_per_gpu, du.rank(), du.world_size(), cfg.train.seed,
-                            start_iteration)
+    sampler = StreamSampler(
+        len(dataset), cfg.train.batch_size_per_gpu, du.rank(), du.world_size(), cfg.train.seed, start_iteration
+    )
     workers = int(cfg.train.num_workers)
     return torch.utils.data.DataLoader(
-        PassIndexedDataset(dataset), batch_size=cfg.train.batch_size_per_gpu, sampler=sampler,
-        num_workers=workers, collate_fn=build_collator(cfg), pin_memory=torch.cuda.is_available(),
-        drop_last=True, persistent_workers=False, prefetch_factor=2 if workers > 0 else None,
+        PassIndexedDataset(dataset),
+        batch_size=cfg.train.batch_size_per_gpu,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=build_collator(cfg),
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 
@@ -185,8 +200,10 @@ def describe_schedule(cfg, iters_per_epoch: int, dataset_len: int) -> str:
         reading = f"epoch = {iters_per_epoch} iterations (train.epoch_length)"
     else:
         reading = f"epoch = one pass over the data ({iters_per_epoch} iterations)"
-    return (f"{reading}; {epochs} epochs = {total} iterations, {images} images seen "
-            f"({images / max(dataset_len, 1):.1f} passes over the data, {effective_epochs(cfg):.1f} effective epochs)")
+    return (
+        f"{reading}; {epochs} epochs = {total} iterations, {images} images seen "
+        f"({images / max(dataset_len, 1):.1f} passes over the data, {effective_epochs(cfg):.1f} effective epochs)"
+    )
 
 
 def train(cfg) -> dict:
@@ -205,9 +222,15 @@ def train(cfg) -> dict:
     total = sched["total"]
     stop_at = min(total, int(cfg.train.max_iterations)) if cfg.train.max_iterations > 0 else total
     logger.info(
-        "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %s; lr %.3g", len(dataset),
-        cfg.train.data, skipped, du.world_size(), cfg.train.batch_size_per_gpu,
-        cfg.train.batch_size_per_gpu * du.world_size(), describe_schedule(cfg, ipe, len(dataset)), cfg.optim.lr,
+        "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %s; lr %.3g",
+        len(dataset),
+        cfg.train.data,
+        skipped,
+        du.world_size(),
+        cfg.train.batch_size_per_gpu,
+        cfg.train.batch_size_per_gpu * du.world_size(),
+        describe_schedule(cfg, ipe, len(dataset)),
+        cfg.optim.lr,
     )
 
     model = SSLMetaArch(cfg).to(device)
@@ -221,8 +244,9 @@ def train(cfg) -> dict:
         logger.info("resumed from %s (next iteration %d)", ckpt, start)
     ddp_model = model
     if du.is_dist():
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                            broadcast_buffers=False)
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
     n_params = sum(p.numel() for p in model.student["backbone"].parameters())
     logger.info("backbone %s: %.2fM parameters; config hash %s", cfg.model.arch, n_params / 1e6, config_hash(cfg))
 
@@ -266,13 +290,18 @@ def train(cfg) -> dict:
             stop = stopper.requested()
             if stop or (it + 1) % cfg.train.checkpoint_every == 0 or it == stop_at - 1:
                 if du.is_main():
-                    last_saved = save_checkpoint(out_dir, it, model, optimizer, to_container(cfg),
-                                                 keep=cfg.train.keep_checkpoints)
+                    last_saved = save_checkpoint(
+                        out_dir, it, model, optimizer, to_container(cfg), keep=cfg.train.keep_checkpoints
+                    )
                 if du.is_dist():
                     dist.barrier()
             if stop:
-                logger.warning("signal %s: checkpoint written at iteration %d (%s); rerun the same command to "
-                               "resume", stopper.signum, it, last_saved)
+                logger.warning(
+                    "signal %s: checkpoint written at iteration %d (%s); rerun the same command to resume",
+                    stopper.signum,
+                    it,
+                    last_saved,
+                )
                 return {"stopped": True, "iteration": it, "checkpoint": last_saved}
     finally:
         stopper.restore()
@@ -280,8 +309,12 @@ def train(cfg) -> dict:
     backbone_path = os.path.join(out_dir, "backbone.pth")
     if du.is_main():
         export_backbone(model.teacher["backbone"], backbone_path, config_hash=config_hash(cfg), iteration=it)
-        logger.info("done: %d iterations in %s; teacher backbone exported to %s", stop_at - start,
-                    format_seconds(time.perf_counter() - t_start), backbone_path)
+        logger.info(
+            "done: %d iterations in %s; teacher backbone exported to %s",
+            stop_at - start,
+            format_seconds(time.perf_counter() - t_start),
+            backbone_path,
+        )
     return {"stopped": False, "iteration": it, "backbone": backbone_path}
 
 

@@ -1,9 +1,10 @@
-"""DINO image-level (CLS) loss, DINOv2's pairing and weighting (SPEC §2.4).
+"""DINO image-level (CLS) loss, DINOv2's pairing and weighting (docs/method.md §4).
 
 Each global crop's student output is matched with the teacher output of every *other* global crop; each local
 crop's student output with the teacher outputs of all global crops. The loss is the mean over these pair terms
 of the batch-mean cross-entropy.
 """
+
 from __future__ import annotations
 
 import torch

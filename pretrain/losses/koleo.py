@@ -4,6 +4,7 @@
 in the global batch and a run on W processes equals one on a W-times larger batch; ``"local"`` is DINOv2's
 per-process version.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,9 @@
-"""Masked-patch self-distillation loss, shared by content (iBOT) and position prediction (SPEC §2.4).
+"""Masked-patch self-distillation loss, shared by content (iBOT) and position prediction (docs/method.md §4).
 
 For masked patch ``i`` of crop ``c`` with ``m_c`` masked patches, the term is ``CE(t_i, s_i) / m_c``; the terms
 are summed and divided by the number of global crops in the (local) batch, as DINOv2/iBOT do.
 """
+
 from __future__ import annotations
 
 import torch

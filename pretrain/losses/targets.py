@@ -1,8 +1,9 @@
-"""Teacher targets: Sinkhorn-Knopp (default) and softmax-centering (SPEC §2.4).
+"""Teacher targets: Sinkhorn-Knopp (default) and softmax-centering (docs/method.md §4).
 
 Both take raw teacher head outputs (logits) of shape ``(B, K)`` and return probabilities ``(B, K)``.
 When the batch spans processes, the normalisations are all-reduced so every process sees the global batch.
 """
+
 from __future__ import annotations
 
 import math

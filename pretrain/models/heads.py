@@ -12,6 +12,7 @@ The prototype layer is :func:`normalized_linear`, ``x @ (W / |W|_rows)^T`` with 
 temporaries and keeps the raw (tokens, K) product alive for backward; this one keeps only ``x``, ``W`` and the
 norms, and costs one (K, bottleneck) pass beyond the two matmuls of a plain linear layer.
 """
+
 from __future__ import annotations
 
 import torch

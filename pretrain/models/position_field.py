@@ -1,4 +1,4 @@
-"""A learnable position field tied to the crop (SPEC §2.1).
+"""A learnable position field tied to the crop (docs/method.md §1).
 
 The field ``P`` is a ``(d, h_p, w_p)`` tensor whose outer edges are the edges of the *virtual image*
 (normalised coordinates ``[0, 1]^2``). A crop with box ``(x0, y0, x1, y1)`` resized to a ``gh x gw`` patch grid
@@ -11,6 +11,7 @@ normalised coordinate -1 is the *outer edge* of the first field cell, so ``u in 
 and the field covers exactly the virtual image; points past the border (local crops with
 ``enclose: global``) read the border value.
 """
+
 from __future__ import annotations
 
 import math

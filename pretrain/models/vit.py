@@ -1,4 +1,4 @@
-"""Vision Transformer whose patch position embeddings come from a crop-tied position field (SPEC §2.1).
+"""Vision Transformer whose patch position embeddings come from a crop-tied position field (docs/method.md §1).
 
 Blocks are timm's (``scaled_dot_product_attention``, LayerScale, stochastic depth), so parameter names follow
 timm's ``VisionTransformer`` (``patch_embed.proj``, ``blocks.i.attn.qkv``, ``blocks.i.ls1.gamma``, ``norm``)
@@ -14,6 +14,7 @@ Position embeddings:
 Masking (student, global crops): ``content_mask`` replaces the patch *content* by ``mask_token`` ([MASK]) and keeps
 its position; ``pos_mask`` replaces the patch *position* by ``posmask_token`` ([POSMASK]) and keeps its content.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -62,7 +63,7 @@ class ViTConfig:
     pos_embed_interpolation: str = "size"
 
     @classmethod
-    def from_arch(cls, arch: str, **overrides) -> "ViTConfig":
+    def from_arch(cls, arch: str, **overrides) -> ViTConfig:
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
         d, depth, heads = ARCHS[arch]
@@ -169,8 +170,9 @@ class VisionTransformer(nn.Module):
         r = self.num_prefix_tokens
         return {"cls": seq[:, 0], "reg": seq[:, 1:r], "patch": seq[:, r:], "grid": grid}
 
-    def get_intermediate_layers(self, x, layers=None, norm: bool = True):
-        """Token sequences after the given block indices (all if None), for probes and analysis."""
+    def block_outputs(self, x, layers=None, norm: bool = True):
+        """Token sequences after the given block indices (0-based; all if None), for probes and analysis. (Not
+        timm/DINOv2's ``get_intermediate_layers``, whose ``n`` counts the last blocks.)"""
         seq, grid = self.prepare_tokens(x)
         wanted = set(range(len(self.blocks))) if layers is None else set(layers)
         outs = []

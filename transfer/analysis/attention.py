@@ -1,6 +1,6 @@
 """Attention statistics per layer (NMI, mean attention distance) and final-layer query maps (paper App. A).
 
-Definitions (papers_digest §0.6, following Park et al. 2023, ``naver-ai/cl-vs-mim``), for one head of one image:
+Definitions (docs/protocols.md §4, following Park et al. 2023, ``naver-ai/cl-vs-mim``), for one head of one image:
 
 - take the softmax attention ``(T, T)``, drop the CLS and register rows and columns and renormalise the rows:
   ``A`` ``(N, N)``, ``N`` patches (Park adds ``1e-8`` to ``A`` before renormalising; ``eps`` below, default the
@@ -20,7 +20,7 @@ All functions on attention tensors are pure and accept any leading batch dimensi
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +180,7 @@ def final_layer_maps(adapter, images: Sequence[torch.Tensor], queries: Sequence,
         grid = adapter.grid(h, w)
         idx = [query_patch_index(q, (h, w), grid) for q in queries]
         last = None
-        for last in adapter.iter_attentions(x):
+        for last in adapter.iter_attentions(x):  # noqa: B007 (the loop keeps the last block's attention)
             pass
         maps = query_attention_maps(last, adapter.num_prefix, grid, idx)
         gh, gw = grid

@@ -21,14 +21,13 @@ attention that is analysed is exactly the one that produced the block's output (
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pretrain.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 class AdapterError(ValueError):
@@ -332,19 +331,6 @@ def load_adapter(path, image_size: int = 224, random_init: bool = False, seed: i
     torch.manual_seed(seed)
     model, meta = build_timm_from_canonical(c, grid, random_init=random_init)
     return TimmAdapter(model, meta.get("mean"), meta.get("std"), name=name)
-
-
-def as_adapter(model_or_adapter, mean=None, std=None, name=None) -> BackboneAdapter:
-    """Wrap an in-memory model (ours or timm) unless it already is an adapter."""
-    if isinstance(model_or_adapter, BackboneAdapter):
-        return model_or_adapter
-    from pretrain.models.vit import VisionTransformer as OursViT
-
-    if isinstance(model_or_adapter, OursViT):
-        return OursAdapter(model_or_adapter, mean, std, name)
-    if hasattr(model_or_adapter, "_pos_embed") and hasattr(model_or_adapter, "blocks"):
-        return TimmAdapter(model_or_adapter, mean, std, name)
-    raise AdapterError(f"cannot wrap {type(model_or_adapter).__name__}: expected our ViT or a timm VisionTransformer")
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

@@ -5,6 +5,7 @@ CLS token that tells the classes apart must carry the pattern, not the colour. F
 token; classifier: cosine k-NN with majority vote (ties to the nearest neighbour's class), trained on the ``train``
 split and scored on the ``val`` split (independent random streams).
 """
+
 from __future__ import annotations
 
 import torch

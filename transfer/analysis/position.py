@@ -1,6 +1,6 @@
 """Position-prediction accuracy for backbones with a [POSMASK] token: a head-free proxy of DropPos's metric.
 
-DropPos (papers_digest §1b.11) reports the top-1 accuracy of its position head (a 2-layer decoder classifying
+DropPos (its Table 7) reports the top-1 accuracy of its position head (a 2-layer decoder classifying
 each position-masked patch into one of the N grid positions) over a grid of content mask ratios gamma and position
 mask ratios gamma_pos. Our exported backbones keep ``posmask_token`` but not the position head, so this module
 measures the same ability **without a head**:
@@ -32,8 +32,8 @@ accuracy and 0 predictions.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

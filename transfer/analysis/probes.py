@@ -1,4 +1,4 @@
-"""Cheap frozen-backbone dense probes (SPEC §4.3; LocalRep, papers_digest §3b).
+"""Cheap frozen-backbone dense probes (docs/protocols.md §4; the LocalRep paper).
 
 Protocol:
 
@@ -10,7 +10,7 @@ Protocol:
 - optional removal of the ``m`` highest-variance feature dimensions, the variance computed over all training
   patch tokens (LocalRep's "MAE-m" diagnostic);
 - **1-NN probe**: cosine similarity to every labelled training patch, the nearest one's label is the prediction
-  (LocalRep does not state its metric; cosine is our choice, SPEC §4.3);
+  (LocalRep does not state its metric; cosine is our choice, docs/protocols.md §4);
 - **linear probe**: multinomial logistic regression on standardised features (train mean / std, the affine part
   of LocalRep's optional BatchNorm), trained with AdamW on the training patches for a few hundred steps;
 - metrics on the validation patches: **mIoU** (mean over classes with a non-empty union of prediction and ground
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,5 @@
-"""Checkpoint conversion (SPEC §3): readers per source format -> canonical ViT -> writers per target, with a
-numeric parity check before anything is written. Entry points: ``tools/convert_ckpt.py`` (CLI) and
+"""Checkpoint conversion (docs/protocols.md §1): readers per source format -> canonical ViT -> writers per target,
+with a numeric parity check before anything is written. Entry points: ``tools/convert_ckpt.py`` (CLI) and
 :func:`convert_checkpoint` (Python)."""
 
 from .canonical import ConversionError

@@ -1,4 +1,4 @@
-"""The canonical in-memory ViT that every reader produces and every writer consumes (SPEC §3).
+"""The canonical in-memory ViT that every reader produces and every writer consumes (docs/protocols.md §1).
 
 A :class:`CanonicalViT` is a timm-style plain ViT, independent of where it came from:
 
@@ -114,7 +114,7 @@ class CanonicalViT:
         """The source key a canonical entry came from (for error messages and the summary)."""
         return self.origin.get(name, name)
 
-    def copy(self) -> "CanonicalViT":
+    def copy(self) -> CanonicalViT:
         """A copy with its own containers; tensors are shared (nothing here modifies a tensor in place)."""
         return dataclasses.replace(
             self,
@@ -145,7 +145,7 @@ def infer_num_heads(embed_dim: int, meta_heads: int | None = None, flag_heads: i
     else:
         table = ", ".join(f"{d}->{h}" for d, h in HEADS_BY_EMBED_DIM.items())
         raise ConversionError(
-            f"cannot infer num_heads for embed_dim {embed_dim} (not in the standard table {table}); " "pass --num-heads"
+            f"cannot infer num_heads for embed_dim {embed_dim} (not in the standard table {table}); pass --num-heads"
         )
     if heads <= 0 or embed_dim % heads:
         raise ConversionError(f"num_heads {heads} ({how}) does not divide embed_dim {embed_dim}")
@@ -219,8 +219,7 @@ def validate(c: CanonicalViT) -> None:
             )
     if (c.pos_field is None) == (c.pos_grid is None):
         raise ConversionError(
-            "missing position embedding: the source has neither a position field ('pos_field.field') "
-            "nor a 'pos_embed'"
+            "missing position embedding: the source has neither a position field ('pos_field.field') nor a 'pos_embed'"
             if c.pos_field is None
             else "both a position field and a pos_embed given"
         )

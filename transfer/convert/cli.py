@@ -1,4 +1,5 @@
-"""``tools/convert_ckpt.py``: convert a ViT checkpoint for detectron2 ViTDet, MMSeg Segmenter or timm (SPEC §3).
+"""``tools/convert_ckpt.py``: convert a ViT checkpoint for detectron2 ViTDet, MMSeg Segmenter or timm
+(docs/protocols.md §1).
 
 Pipeline (one-way): load (``weights_only=True``) -> read (format reader -> canonical, validated) -> resample the
 patch kernel to ``--patch-size`` if needed -> fold LayerScale -> materialise positions at ``--grid`` -> write the
@@ -167,7 +168,8 @@ def print_summary(args, s: dict) -> None:
     print(
         f"arch:     embed_dim={a['embed_dim']} depth={a['depth']} num_heads={a['num_heads']} "
         f"patch={a['patch_size']} mlp_ratio={a['mlp_ratio']:g} norm_eps={a['norm_eps']:g} "
-        f"registers={s['meta']['source_num_register_tokens']} layerscale={'folded' if s['layerscale_folded'] else 'none'}"
+        f"registers={s['meta']['source_num_register_tokens']} "
+        f"layerscale={'folded' if s['layerscale_folded'] else 'none'}"
     )
     print(f"position: {s['position']} -> grid {s['grid'][0]}x{s['grid'][1]}")
     print(f"params:   {s['num_params']:,} in the source backbone, {s['num_written']:,} written")

@@ -5,8 +5,9 @@ Formats (``--src-format``):
 - ``ours``: an exported backbone (``{"format": "ssl-vit-toolkit/backbone", "model", "meta"}``, see
   ``pretrain/export.py``), or a training checkpoint: its EMA teacher (``teacher.backbone.*`` keys, flat in
   ``model`` as ``pretrain/engine/checkpoint.py`` writes them, or a nested ``teacher`` dict), with the architecture
-  taken from the resolved config the checkpoint embeds, else inferred from the shapes. Keys: ``pos_field.field`` + ``cls_pos_embed`` (field on) or
-  ``pos_embed`` with a CLS slot (field off), ``reg_token``, ``mask_token``/``posmask_token`` (dropped).
+  taken from the resolved config the checkpoint embeds, else inferred from the shapes. Keys: ``pos_field.field``
+  + ``cls_pos_embed`` (field on) or ``pos_embed`` with a CLS slot (field off), ``reg_token``,
+  ``mask_token``/``posmask_token`` (dropped).
 - ``dinov2``: official DINOv2 / DINOv2-reg weights (hub ``state_dict`` or a training ``teacher`` checkpoint):
   ``blocks.<chunk>.<i>.`` keys when ``block_chunks > 0`` (flattened: chunks are padded with Identity, so ``<i>``
   is already the global index), ``register_tokens``, ``ls1.gamma``/``ls2.gamma``, ``mask_token`` ``(1, D)``,
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pretrain.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 from .canonical import (
     BLOCK_PARAMS,
     OPTIONAL_BLOCK_PARAMS,
@@ -47,8 +50,6 @@ FORMATS = ("ours", "dinov2", "timm", "mae")
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "student", "backbone")
 PREFIXES = ("module.", "backbone.", "encoder.")
 OURS_FORMAT = "ssl-vit-toolkit/backbone"
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # (regex on the prefix-stripped key, reason) for tensors that are not part of the transferred backbone.
 DROP_RULES = (
@@ -194,7 +195,6 @@ def _meta_from_training_config(config) -> dict | None:
 
         from omegaconf import OmegaConf
 
-        from pretrain.export import IMAGENET_MEAN, IMAGENET_STD
         from pretrain.ssl import backbone_config
 
         arch = asdict(backbone_config(OmegaConf.create(config)))

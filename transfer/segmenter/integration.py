@@ -1,4 +1,4 @@
-"""MMSegmentation glue for the Segmenter linear-decoder protocol (SPEC §4.2).
+"""MMSegmentation glue for the Segmenter linear-decoder protocol (docs/protocols.md §3).
 
 What lives here, and nothing else:
 
@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
 from transfer.checkpoint_compat import allow_framework_checkpoint_globals
 
 #: ImageNet normalisation in 0..255 units (what our pretraining uses).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 _SETUP_DONE = False
 
@@ -57,7 +56,7 @@ def setup_mmseg() -> None:
 # ----------------------------------------------------------------------------------------------------------
 # reading the converted checkpoint
 # ----------------------------------------------------------------------------------------------------------
-def load_converted_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def load_converted_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a converter-produced MMSeg-target checkpoint and return ``(state_dict, meta)``.
 
     The file must be ``{"state_dict": {name: tensor}, "meta": {...}}`` with MMSeg ``VisionTransformer`` key
@@ -87,7 +86,7 @@ def load_converted_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[
     return state_dict, meta
 
 
-def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Dict[str, Any]:
+def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Derive the backbone architecture from tensor shapes and cross-check it against ``meta``.
 
     Returns ``dict(embed_dims, num_layers, num_heads, patch_size, grid=(gh, gw), mlp_ratio, patch_bias,
@@ -106,7 +105,8 @@ def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: M
     if fc1 is not None:
         if fc1.shape[0] % embed_dims:
             raise CheckpointLoadError(
-                f"MLP hidden size {fc1.shape[0]} is not a multiple of embed_dim {embed_dims} (mmseg needs an int mlp_ratio)"
+                f"MLP hidden size {fc1.shape[0]} is not a multiple of embed_dim {embed_dims} "
+                "(mmseg needs an int mlp_ratio)"
             )
         mlp_ratio = fc1.shape[0] // embed_dims
     if "pos_embed" not in state_dict:
@@ -145,7 +145,7 @@ def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: M
     return arch
 
 
-def _norm_to_255(values: Iterable[float]) -> List[float]:
+def _norm_to_255(values: Iterable[float]) -> list[float]:
     vals = [float(v) for v in values]
     return [v * 255.0 for v in vals] if max(vals) <= 1.0 else vals
 
@@ -153,7 +153,7 @@ def _norm_to_255(values: Iterable[float]) -> List[float]:
 # ----------------------------------------------------------------------------------------------------------
 # config surgery
 # ----------------------------------------------------------------------------------------------------------
-def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: Optional[bool] = None) -> Dict[str, Any]:
+def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: bool | None = None) -> dict[str, Any]:
     """Point the config's backbone at ``ckpt_path`` and make its architecture agree with the checkpoint.
 
     Args:
@@ -301,7 +301,7 @@ def verify_backbone_loaded(backbone: torch.nn.Module, ckpt: Any) -> int:
     return len(state_dict)
 
 
-def _pretrained_path(backbone: torch.nn.Module) -> Optional[str]:
+def _pretrained_path(backbone: torch.nn.Module) -> str | None:
     init_cfg = getattr(backbone, "init_cfg", None)
     if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
         return init_cfg.get("checkpoint")

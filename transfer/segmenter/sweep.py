@@ -1,4 +1,4 @@
-"""The paper's ADE20K protocol as a command: sweep, seeds, resume, summary (SPEC §4.2, appendix B.3).
+"""The paper's ADE20K protocol as a command: sweep, seeds, resume, summary (docs/protocols.md §3, appendix B.3).
 
     python -m transfer.segmenter.sweep CONFIG CKPT [--sweep] [--seeds N] [--lrs a,b,..] [--wds a,b]
         [--work-dir DIR] [--summary-only] [--keep-going] [key=value ...]
@@ -31,7 +31,7 @@ import math
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from transfer.segmenter.train import METRIC_KEYS, METRICS_FILE
 
@@ -52,7 +52,7 @@ def run_dir(work_dir: str, lr: float, wd: float, seed: int) -> str:
     return os.path.join(work_dir, point_name(lr, wd), f"seed{seed}")
 
 
-def plan_runs(lrs: Sequence[float], wds: Sequence[float], num_seeds: int) -> List[Tuple[float, float, int]]:
+def plan_runs(lrs: Sequence[float], wds: Sequence[float], num_seeds: int) -> list[tuple[float, float, int]]:
     """All (lr, wd, seed) triples, weight decay outermost, seeds innermost."""
     if num_seeds < 1:
         raise ValueError("--seeds must be >= 1")
@@ -76,7 +76,7 @@ def can_resume(path: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # launching one run
 # ----------------------------------------------------------------------------------------------------------
-def launch_prefix(env: Optional[Dict[str, str]] = None) -> Tuple[List[str], str]:
+def launch_prefix(env: dict[str, str] | None = None) -> tuple[list[str], str]:
     """Command prefix that starts ``-m transfer.segmenter.train`` and the ``--launcher`` value to pass."""
     env = os.environ if env is None else env
     gpus = int(env.get("GPUS", "1") or 1)
@@ -106,8 +106,8 @@ def build_command(
     seed: int,
     cfg_options: Sequence[str] = (),
     resume: bool = False,
-    env: Optional[Dict[str, str]] = None,
-) -> List[str]:
+    env: dict[str, str] | None = None,
+) -> list[str]:
     """The full command line of one run."""
     prefix, launcher = launch_prefix(env)
     cmd = prefix + [
@@ -132,7 +132,7 @@ def build_command(
     return cmd
 
 
-def run_one(cmd: List[str], log_path: str) -> int:
+def run_one(cmd: list[str], log_path: str) -> int:
     """Run one training command, teeing its output into ``log_path``. Returns the exit status."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
@@ -152,7 +152,7 @@ def run_one(cmd: List[str], log_path: str) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # summary
 # ----------------------------------------------------------------------------------------------------------
-def _mean_std(values: List[float]) -> Tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float]:
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
@@ -160,7 +160,7 @@ def _mean_std(values: List[float]) -> Tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / n)
 
 
-def collect(work_dir: str, lrs: Sequence[float], wds: Sequence[float], num_seeds: int) -> List[Dict]:
+def collect(work_dir: str, lrs: Sequence[float], wds: Sequence[float], num_seeds: int) -> list[dict]:
     """Per point: the finished seeds' metrics, their mean/std, and which point is best (highest mean mIoU)."""
     rows = []
     for wd in wds:
@@ -181,7 +181,7 @@ def collect(work_dir: str, lrs: Sequence[float], wds: Sequence[float], num_seeds
     return rows
 
 
-def write_summary(work_dir: str, rows: List[Dict], title: str = "") -> Tuple[str, str]:
+def write_summary(work_dir: str, rows: list[dict], title: str = "") -> tuple[str, str]:
     """Write ``summary.csv`` and ``summary.md`` into ``work_dir``. Returns their paths."""
     os.makedirs(work_dir, exist_ok=True)
     csv_path = os.path.join(work_dir, "summary.csv")
@@ -237,17 +237,17 @@ def write_summary(work_dir: str, rows: List[Dict], title: str = "") -> Tuple[str
 # ----------------------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------------------
-def _floats(text: str) -> List[float]:
+def _floats(text: str) -> list[float]:
     try:
         vals = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not vals:
         raise argparse.ArgumentTypeError("empty list")
     return vals
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line interface (see the module docstring)."""
     p = argparse.ArgumentParser(
         prog="tools/train_ade.sh",
@@ -270,7 +270,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def default_lr_wd(config: str) -> Tuple[float, float]:
+def default_lr_wd(config: str) -> tuple[float, float]:
     """The config's AdamW lr and weight decay."""
     from mmengine.config import Config
 
@@ -278,7 +278,7 @@ def default_lr_wd(config: str) -> Tuple[float, float]:
     return float(opt["lr"]), float(opt.get("weight_decay", 0.0))
 
 
-def main(argv: Optional[List[str]] = None, runner=run_one) -> int:
+def main(argv: list[str] | None = None, runner=run_one) -> int:
     """Run the planned runs (skipping finished ones), then write the summary. Returns an exit status."""
     args = parse_args(argv)
     for path, what in ((args.config, "config"), (args.ckpt, "checkpoint")):

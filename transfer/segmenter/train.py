@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from transfer.segmenter import integration
 
@@ -34,7 +34,7 @@ METRIC_KEYS = ("mIoU", "aAcc", "mAcc")
 METRICS_FILE = "metrics_final.json"
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line interface (see the module docstring)."""
     from mmengine.config import DictAction
 
@@ -174,9 +174,9 @@ def _make_metrics_hook():
         priority = "LOWEST"
 
         def __init__(self) -> None:
-            self.start_iter: Optional[int] = None
-            self.metrics: Optional[Dict[str, Any]] = None
-            self.metrics_iter: Optional[int] = None
+            self.start_iter: int | None = None
+            self.metrics: dict[str, Any] | None = None
+            self.metrics_iter: int | None = None
 
         def before_train(self, runner) -> None:
             self.start_iter = runner.iter
@@ -195,7 +195,7 @@ def _to_float(v: Any) -> float:
         return float("nan")
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, validate at the end, write ``metrics_final.json``. Returns the written record."""
     args = parse_args(argv)
     cfg, info = prepare_config(args)

@@ -6,7 +6,8 @@ optionally ``cls_token`` / ``reg_token``) and ``meta`` = ``{"embed_dim", "depth"
 "grid", "num_register_tokens", "cls_token_kept", ...}``.
 
 * :func:`read_backbone_arch` derives the backbone's constructor arguments from the weights themselves
-  (width, depth, MLP ratio, qkv bias, patch size, grid, tokens) and takes ``num_heads`` (invisible in the weights) from ``meta``;
+  (width, depth, MLP ratio, qkv bias, patch size, grid, tokens) and takes ``num_heads`` (invisible in the weights)
+  from ``meta``;
   where ``meta`` is present it must agree with the weights.
 * :func:`apply_backbone_arch` / :func:`check_backbone_arch` put them into a LazyConfig and refuse a config whose
   architecture (after the user's ``key=value`` overrides) differs from the checkpoint.
@@ -25,7 +26,6 @@ import math
 import re
 
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = [

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 
-from omegaconf import DictConfig, OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
@@ -36,10 +34,9 @@ from detectron2.data import (
 )
 from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import COCOEvaluator
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
-    "lsj_train_augmentations",
-    "test_augmentations",
     "lsj_dataloader",
     "register_toy_coco",
     "toy_coco_split_paths",
@@ -49,20 +46,6 @@ __all__ = [
 
 #: Environment variable naming the toy COCO root (see :func:`register_toy_coco`).
 TOY_COCO_ENV = "TOY_COCO_ROOT"
-
-
-def lsj_train_augmentations(image_size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
-    """LSJ training augmentations (instantiated): flip, ResizeScale(min..max x image_size), FixedSizeCrop."""
-    return [
-        T.RandomFlip(horizontal=True),
-        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
-        T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
-    ]
-
-
-def test_augmentations(image_size: int = 1024) -> list:
-    """Test-time resize (instantiated): the longer side becomes ``image_size`` (for square and landscape input)."""
-    return [T.ResizeShortestEdge(short_edge_length=image_size, max_size=image_size)]
 
 
 def lsj_dataloader(

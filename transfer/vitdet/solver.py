@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 __all__ = ["vit_lr_decay_rate", "make_vit_lr_factor_func", "vitdet_lr_multiplier"]
 

@@ -11,9 +11,9 @@ What it does, in order:
 1. Loads the LazyConfig, applies ``--init`` / ``--output`` and the ``key=value`` overrides.
 2. Reads the backbone's architecture from the init checkpoint (weights + ``meta``) and writes it into
    ``model.backbone.net`` (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``pretrain_img_size``,
-   ``pretrain_use_cls_token``, ``use_cls_token``, ``num_register_tokens``, ``mlp_ratio``, ``qkv_bias``); an override that contradicts the
-   checkpoint is an error. Without ``--init``, a resumed run reads it from its last checkpoint (training
-   checkpoints carry the same ``meta``).
+   ``pretrain_use_cls_token``, ``use_cls_token``, ``num_register_tokens``, ``mlp_ratio``, ``qkv_bias``); an
+   override that contradicts the checkpoint is an error. Without ``--init``, a resumed run reads it from its last
+   checkpoint (training checkpoints carry the same ``meta``).
 3. Registers the toy COCO set when a dataset name starts with ``toy_coco`` (root: ``train.toy_coco_root`` or
    ``$TOY_COCO_ROOT``), and checks that the datasets' files exist (COCO: ``$DETECTRON2_DATASETS``).
 4. Trains with detectron2's ``AMPTrainer`` (CUDA and ``train.amp.enabled``) or ``SimpleTrainer`` (CPU, fp32),
@@ -38,7 +38,6 @@ import os
 import sys
 
 import torch
-
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
@@ -80,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m transfer.vitdet.train",
         description="ViTDet Mask R-CNN (global attention, no relative position) on a converted ViT backbone.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: key=value pairs for the LazyConfig, e.g. train.max_iter=100 dataloader.train.total_batch_size=16",
+        epilog="Overrides: key=value pairs for the LazyConfig, "
+        "e.g. train.max_iter=100 dataloader.train.total_batch_size=16",
     )
     p.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig .py (configs/vitdet/*.py)")
     p.add_argument("--init", default=None, metavar="CKPT", help="converted backbone checkpoint (train.init_checkpoint)")
@@ -111,7 +111,9 @@ def setup_config(args):
         cfg.train.output_dir = args.output
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not cfg.train.get("output_dir"):
-        cfg.train.output_dir = os.path.join("outputs", "vitdet", os.path.splitext(os.path.basename(args.config_file))[0])
+        cfg.train.output_dir = os.path.join(
+            "outputs", "vitdet", os.path.splitext(os.path.basename(args.config_file))[0]
+        )
     if not torch.cuda.is_available() and str(cfg.train.get("device", "cuda")).startswith("cuda"):
         logger.warning("CUDA is not available: training on CPU in fp32 with SimpleTrainer")
         cfg.train.device = "cpu"
@@ -173,15 +175,17 @@ def _dataset_names(cfg) -> list[str]:
 
 
 def register_datasets(cfg) -> None:
-    """Register toy COCO sets named ``toy_coco*`` (root from ``train.toy_coco_root`` or ``$TOY_COCO_ROOT``)."""
+    """Register toy COCO sets named ``toy_coco*``: root ``$TOY_COCO_ROOT`` when set, else ``train.toy_coco_root``
+    (the toy config's default: ``data/toy/coco``, where ``tools/make_toy_data.py`` writes it)."""
     names = _dataset_names(cfg)
     prefixes = sorted({n.rsplit("_", 1)[0] for n in names if n.startswith("toy_coco")})
     if prefixes:
-        root = cfg.train.get("toy_coco_root") or os.environ.get(TOY_COCO_ENV, "")
-        if not root:
+        root = os.environ.get(TOY_COCO_ENV) or cfg.train.get("toy_coco_root") or ""
+        if not root or not os.path.isdir(root):
             raise ValueError(
-                f"datasets {names} need the toy COCO set: set {TOY_COCO_ENV}=<dir> or train.toy_coco_root=<dir>, "
-                "a folder written by pretrain.data.toy.make_toy_coco(dir, ...)"
+                f"datasets {names} need the toy COCO set, not found at {root!r}: run "
+                f"`python tools/make_toy_data.py --out data/toy`, or set {TOY_COCO_ENV}=<dir> or "
+                "train.toy_coco_root=<dir>, a folder written by pretrain.data.toy.make_toy_coco(dir, ...)"
             )
         for prefix in prefixes:
             register_toy_coco(root, name_prefix=prefix)
