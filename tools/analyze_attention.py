@@ -23,8 +23,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def parse_query(text):
     """``x,y``: floats in [0, 1] (with a decimal point) are fractions of the image, integers are pixels."""

@@ -7,10 +7,7 @@ Example::
     python tools/convert_ckpt.py --src dinov2_vitb14_reg4.pth --dst ade_init.pth --target mmseg --drop-registers
 """
 
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transfer.convert.cli import main  # noqa: E402
 

@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from pretrain.data import toy  # noqa: E402
 
 
