@@ -1,11 +1,25 @@
-"""File helpers: atomic writes, so a crash never leaves a partial checkpoint behind."""
+"""File helpers: atomic writes, so a crash never leaves a partial checkpoint or metrics file behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 import torch
+
+#: The file every transfer run writes its final metrics to (ViTDet, Segmenter), in its output folder.
+METRICS_FINAL = "metrics_final.json"
+
+
+def atomic_write_json(obj, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to a temporary file beside ``path``, then ``os.replace`` it."""
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pretrain.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.export import FORMAT as OURS_FORMAT
 
 from .canonical import (
     BLOCK_PARAMS,
@@ -49,7 +50,6 @@ FORMATS = ("ours", "dinov2", "timm", "mae")
 # preference order: the EMA teacher first; "backbone" for nested {"teacher": {"backbone": {...}, "dino_head": ...}}
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "student", "backbone")
 PREFIXES = ("module.", "backbone.", "encoder.")
-OURS_FORMAT = "ssl-vit-toolkit/backbone"
 
 # (regex on the prefix-stripped key, reason) for tensors that are not part of the transferred backbone.
 DROP_RULES = (
@@ -458,28 +458,35 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
     return c
 
 
-def read_dinov2(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
-    """Official DINOv2 / DINOv2-reg (chunks flattened, ``register_tokens`` -> registers, patch 14 kept here)."""
-    c = _build(u, "dinov2", opts)
-    c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    c.notes.append("mean/std: ImageNet (DINOv2's normalisation)")
-    return c
+def _imagenet_reader(fmt: str, note: str, doc: str):
+    """A reader for a plain-ViT format whose releases are normalised with ImageNet's mean and std."""
+
+    def read(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
+        c = _build(u, fmt, opts)
+        c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        c.notes.append(note)
+        return c
+
+    read.__name__ = read.__qualname__ = f"read_{fmt}"
+    read.__doc__ = doc
+    return read
 
 
-def read_timm(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
-    """A timm ``VisionTransformer`` state dict (``reg_token``, ``no_embed_class``, LayerScale supported)."""
-    c = _build(u, "timm", opts)
-    c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    c.notes.append("mean/std: assumed ImageNet (timm state dicts do not record them; check the model's config)")
-    return c
-
-
-def read_mae(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
-    """MAE / iBOT / DINO releases: timm-style keys behind wrappers and prefixes; heads and decoders dropped."""
-    c = _build(u, "mae", opts)
-    c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-    c.notes.append("mean/std: ImageNet (MAE/iBOT/DINO normalisation)")
-    return c
+read_dinov2 = _imagenet_reader(
+    "dinov2",
+    "mean/std: ImageNet (DINOv2's normalisation)",
+    "Official DINOv2 / DINOv2-reg (chunks flattened, ``register_tokens`` -> registers, patch 14 kept here).",
+)
+read_timm = _imagenet_reader(
+    "timm",
+    "mean/std: assumed ImageNet (timm state dicts do not record them; check the model's config)",
+    "A timm ``VisionTransformer`` state dict (``reg_token``, ``no_embed_class``, LayerScale supported).",
+)
+read_mae = _imagenet_reader(
+    "mae",
+    "mean/std: ImageNet (MAE/iBOT/DINO normalisation)",
+    "MAE / iBOT / DINO releases: timm-style keys behind wrappers and prefixes; heads and decoders dropped.",
+)
 
 
 READERS = {"ours": read_ours, "dinov2": read_dinov2, "timm": read_timm, "mae": read_mae}

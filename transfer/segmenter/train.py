@@ -21,17 +21,17 @@ mmseg's IoUMetric reports them) and one summary line is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from typing import Any
 
+from pretrain.io import METRICS_FINAL, atomic_write_json
 from transfer.segmenter import integration
 
 METRIC_KEYS = ("mIoU", "aAcc", "mAcc")
-METRICS_FILE = "metrics_final.json"
+METRICS_FILE = METRICS_FINAL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -227,10 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if get_rank() == 0:
         path = os.path.join(cfg.work_dir, METRICS_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_json(record, path)
         finite = all(math.isfinite(record[k]) for k in METRIC_KEYS)
         print(
             f"[segmenter] {os.path.basename(args.config)} lr={info['lr']:g} wd={info['weight_decay']:g} "

@@ -31,7 +31,6 @@ Gloo on CPU); ``tools/train_vitdet.sh`` fills the flags from ``GPUS``/``NNODES``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from pretrain.io import METRICS_FINAL, atomic_write_json
 from transfer.checkpoint_compat import allow_framework_checkpoint_globals
 from transfer.vitdet.checkpoint import (
     StrictDetectionCheckpointer,
@@ -70,7 +70,7 @@ __all__ = [
 logger = logging.getLogger("transfer.vitdet")
 
 #: Written into the output folder at the end: the final COCO metrics.
-METRICS_FILE = "metrics_final.json"
+METRICS_FILE = METRICS_FINAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,11 +234,7 @@ def _write_final(cfg, results: dict, iteration, args) -> None:
         eval_only=bool(args.eval_only),
     )
     path = os.path.join(cfg.train.output_dir, METRICS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(out, path)
     line = summary_line(results or {})
     logger.info("%s (metrics: %s)", line, path)
     print(line, flush=True)
