@@ -17,26 +17,8 @@ import torch
 from torch import nn
 
 from .losses import TeacherTargets, dino_cls_loss, koleo_loss, masked_patch_loss
-from .models import DINOHead, ViTConfig, build_vit
-
-
-def backbone_config(cfg) -> ViTConfig:
-    """ViT hyper-parameters from the pretraining config (``model.*`` and ``pos_field.*``)."""
-    m, pf = cfg.model, cfg.pos_field
-    return ViTConfig.from_arch(
-        m.arch,
-        patch_size=int(m.patch_size),
-        img_size=int(cfg.crops.global_size),
-        drop_path_rate=float(m.drop_path_rate),
-        drop_path_uniform=bool(m.drop_path_uniform),
-        layerscale=float(m.layerscale) if m.layerscale else None,
-        num_register_tokens=int(m.num_register_tokens),
-        qkv_bias=bool(m.qkv_bias),
-        pos_field=bool(pf.enabled),
-        pos_field_size=[int(s) for s in pf.size],
-        pos_field_init=str(pf.init),
-        pos_embed_interpolation=str(m.get("pos_embed_interpolation", "size")),  # configs older than the key
-    )
+from .models import DINOHead, build_vit
+from .models.from_config import backbone_config
 
 
 def uses_content_masking(cfg) -> bool:

@@ -13,11 +13,12 @@ from PIL import Image
 from scipy import stats
 
 from pretrain.data.collate import MaskingCollator, stratified_mask_counts
-from pretrain.data.dataset import SSLDataset, mix_seeds
+from pretrain.data.dataset import SSLDataset
 from pretrain.data.folder import ImageFolderDataset
 from pretrain.data.masking import BoxMaskGenerator, CrossMaskGenerator
 from pretrain.data.multicrop import MultiCropAugmentation
 from pretrain.data.position_aug import PositionScaleAugmentation, sample_beta, sample_scale
+from pretrain.seeding import mix_seeds
 
 # ----------------------------------------------------------------------------------------------- helpers
 

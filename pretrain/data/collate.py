@@ -12,7 +12,7 @@ random order) gets ``int(N * U(probs[i], probs[i + 1]))`` patches, clamped to
 ``[ceil(r_min * N), floor(r_max * N)]`` so that the realised ratio stays inside ``mask_ratio``.
 
 All randomness comes from a ``torch.Generator`` seeded by mixing the samples' ``"seed"`` fields (splitmix64,
-see :func:`pretrain.data.dataset.mix_seeds`), so the same samples give the same masks in any process.
+see :func:`pretrain.seeding.mix_seeds`), so the same samples give the same masks in any process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from pretrain.data.dataset import mix_seeds
+from pretrain.seeding import mix_seeds
 from pretrain.data.masking import BoxMaskGenerator, CrossMaskGenerator, check_grid_size
 
 __all__ = ["MASK_SHAPES", "MaskingCollator", "stratified_mask_counts"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.dataset import mix_seeds
+from ..seeding import mix_seeds
 
 
 class StreamSampler(Sampler[int]):

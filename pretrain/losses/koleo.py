@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import all_gather_with_grad
-from .targets import upcast
+from .precision import upcast
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8, scope: str = "global") -> torch.Tensor:

@@ -12,11 +12,7 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_max, all_reduce_sum
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision tensors to float32; float32/float64 unchanged (losses are computed in >= fp32)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from .precision import upcast
 
 
 def _max_over_batch(x: torch.Tensor) -> torch.Tensor:

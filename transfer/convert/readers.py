@@ -195,7 +195,7 @@ def _meta_from_training_config(config) -> dict | None:
 
         from omegaconf import OmegaConf
 
-        from pretrain.ssl import backbone_config
+        from pretrain.models.from_config import backbone_config
 
         arch = asdict(backbone_config(OmegaConf.create(config)))
     except Exception:  # not our config after all: fall back to inferring from the shapes
