@@ -14,10 +14,11 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
@@ -206,9 +207,34 @@ def describe_schedule(cfg, iters_per_epoch: int, dataset_len: int) -> str:
     )
 
 
-def train(cfg) -> dict:
-    """Run (or resume) pretraining as configured. Returns a summary dict."""
-    device = setup_distributed()
+@dataclass
+class Run:
+    """What the loop needs: the config, the data, the schedules, the model (and its DDP wrapper) and where to start."""
+
+    cfg: DictConfig
+    device: torch.device
+    dataset: SSLDataset
+    sched: dict
+    stop_at: int
+    model: SSLMetaArch
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    start: int
+
+
+def _resume(out_dir: str, model, optimizer, device) -> int:
+    """Load the newest checkpoint in ``out_dir`` if there is one; returns the next iteration."""
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return 0
+    state = load_checkpoint(ckpt, model, optimizer, map_location=device)
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s (next iteration %d)", ckpt, state["iteration"] + 1)
+    return state["iteration"] + 1
+
+
+def prepare_run(cfg, device: torch.device) -> Run:
+    """Logging, the saved config, data, schedules, model and optimiser (resumed when a checkpoint exists), DDP."""
     out_dir = cfg.train.output_dir
     setup_logging(out_dir)
     torch.manual_seed(cfg.train.seed)
@@ -216,32 +242,25 @@ def train(cfg) -> dict:
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
     dataset = build_dataset(cfg, validate=du.is_main())
-    skipped = dataset.num_skipped
     ipe = iterations_per_epoch(cfg, len(dataset))
     sched = build_schedules(cfg, ipe)
     total = sched["total"]
     stop_at = min(total, int(cfg.train.max_iterations)) if cfg.train.max_iterations > 0 else total
+    total_batch = cfg.train.batch_size_per_gpu * du.world_size()
     logger.info(
         "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %s; lr %.3g",
         len(dataset),
         cfg.train.data,
-        skipped,
+        dataset.num_skipped,
         du.world_size(),
         cfg.train.batch_size_per_gpu,
-        cfg.train.batch_size_per_gpu * du.world_size(),
+        total_batch,
         describe_schedule(cfg, ipe, len(dataset)),
         cfg.optim.lr,
     )
-
     model = SSLMetaArch(cfg).to(device)
     optimizer = build_optimizer(model.student, cfg)
-    start = 0
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, map_location=device)
-        start = state["iteration"] + 1
-        set_rng_state(state["rng"])
-        logger.info("resumed from %s (next iteration %d)", ckpt, start)
+    start = _resume(out_dir, model, optimizer, device)
     ddp_model = model
     if du.is_dist():
         ddp_model = DistributedDataParallel(
@@ -249,52 +268,74 @@ def train(cfg) -> dict:
         )
     n_params = sum(p.numel() for p in model.student["backbone"].parameters())
     logger.info("backbone %s: %.2fM parameters; config hash %s", cfg.model.arch, n_params / 1e6, config_hash(cfg))
+    return Run(cfg, device, dataset, sched, stop_at, model, ddp_model, optimizer, start)
 
-    writer = MetricWriter(out_dir, stop_at, start, enabled=du.is_main())
-    if skipped:
-        writer.log_event(start, skipped_files=skipped)
-    stopper = StopSignal(device)
-    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), sched["lr"].warmup)
-    nonfinite, it = 0, start
-    images_per_it = cfg.train.batch_size_per_gpu * du.world_size()
-    last_saved = None
+
+def _log_iteration(run: Run, writer: MetricWriter, uniform, it: int, terms: dict, gnorms: dict, values: dict):
+    """Console line, metrics.jsonl and TensorBoard for one iteration; the uniform-head warning."""
+    scalars = dict(terms, grad_norm=gnorms["total"], **values)
+    scalars.update({f"grad_norm_{k}": v for k, v in gnorms.items() if k != "total"})
+    if run.device.type == "cuda":
+        scalars["memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+    logger.info(writer.write(it, scalars, run.cfg.train.batch_size_per_gpu * du.world_size()))
+    warning = uniform.update(it, terms["dino"])
+    if warning:
+        logger.warning("iteration %d: %s", it, warning)
+        writer.log_event(it, uniform_dino_outputs=True)
+
+
+def _skip_nonfinite(run: Run, writer: MetricWriter, it: int, in_a_row: int) -> None:
+    """Report a skipped step; stop the run after ``train.max_nonfinite`` in a row."""
+    logger.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, in_a_row)
+    writer.log_event(it, nonfinite_loss=True)
+    if in_a_row >= run.cfg.train.max_nonfinite:
+        raise TrainingStopped(
+            f"{in_a_row} non-finite losses in a row (last at iteration {it}); lower optim.base_lr, check the data, "
+            f"or use train.precision=fp32. The newest checkpoint is kept in {run.cfg.train.output_dir}."
+        )
+
+
+def _checkpoint(run: Run, it: int):
+    """Write a checkpoint (main process) and wait for every process; returns its path on the main process."""
+    path = None
+    if du.is_main():
+        cfg = run.cfg
+        path = save_checkpoint(
+            cfg.train.output_dir, it, run.model, run.optimizer, to_container(cfg), keep=cfg.train.keep_checkpoints
+        )
+    if du.is_dist():
+        dist.barrier()
+    return path
+
+
+def train(cfg) -> dict:
+    """Run (or resume) pretraining as configured. Returns a summary dict."""
+    run = prepare_run(cfg, setup_distributed())
+    model, start, stop_at = run.model, run.start, run.stop_at
+    writer = MetricWriter(cfg.train.output_dir, stop_at, start, enabled=du.is_main())
+    if run.dataset.num_skipped:
+        writer.log_event(start, skipped_files=run.dataset.num_skipped)
+    stopper = StopSignal(run.device)
+    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), run.sched["lr"].warmup)
+    nonfinite, it, last_saved = 0, start, None
     t_start = time.perf_counter()
     try:
-        loader = iter(build_loader(cfg, dataset, start)) if start < stop_at else iter(())
+        loader = iter(build_loader(cfg, run.dataset, start)) if start < stop_at else iter(())
         model.train()
         for it in range(start, stop_at):
-            batch = to_device(next(loader), device)
-            values = {k: sched[k][it] for k in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr")}
-            terms, gnorms, ok = train_step(model, ddp_model, optimizer, batch, values, cfg, device)
+            batch = to_device(next(loader), run.device)
+            values = {k: run.sched[k][it] for k in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr")}
+            terms, gnorms, ok = train_step(model, run.ddp_model, run.optimizer, batch, values, cfg, run.device)
             if not ok:
                 nonfinite += 1
-                logger.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, nonfinite)
-                writer.log_event(it, nonfinite_loss=True)
-                if nonfinite >= cfg.train.max_nonfinite:
-                    raise TrainingStopped(
-                        f"{nonfinite} non-finite losses in a row (last at iteration {it}); lower optim.base_lr, "
-                        f"check the data, or use train.precision=fp32. The newest checkpoint is kept in {out_dir}."
-                    )
+                _skip_nonfinite(run, writer, it, nonfinite)
                 continue
             nonfinite = 0
             if du.is_main() and (it % cfg.train.log_every == 0 or it == stop_at - 1):
-                scalars = dict(terms, grad_norm=gnorms["total"], **values)
-                scalars.update({f"grad_norm_{k}": v for k, v in gnorms.items() if k != "total"})
-                if device.type == "cuda":
-                    scalars["memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                logger.info(writer.write(it, scalars, images_per_it))
-                warning = uniform.update(it, terms["dino"])
-                if warning:
-                    logger.warning("iteration %d: %s", it, warning)
-                    writer.log_event(it, uniform_dino_outputs=True)
+                _log_iteration(run, writer, uniform, it, terms, gnorms, values)
             stop = stopper.requested()
             if stop or (it + 1) % cfg.train.checkpoint_every == 0 or it == stop_at - 1:
-                if du.is_main():
-                    last_saved = save_checkpoint(
-                        out_dir, it, model, optimizer, to_container(cfg), keep=cfg.train.keep_checkpoints
-                    )
-                if du.is_dist():
-                    dist.barrier()
+                last_saved = _checkpoint(run, it)
             if stop:
                 logger.warning(
                     "signal %s: checkpoint written at iteration %d (%s); rerun the same command to resume",
@@ -306,14 +347,12 @@ def train(cfg) -> dict:
     finally:
         stopper.restore()
         writer.close()
-    backbone_path = os.path.join(out_dir, "backbone.pth")
+    backbone_path = os.path.join(cfg.train.output_dir, "backbone.pth")
     if du.is_main():
         export_backbone(model.teacher["backbone"], backbone_path, config_hash=config_hash(cfg), iteration=it)
+        elapsed = format_seconds(time.perf_counter() - t_start)
         logger.info(
-            "done: %d iterations in %s; teacher backbone exported to %s",
-            stop_at - start,
-            format_seconds(time.perf_counter() - t_start),
-            backbone_path,
+            "done: %d iterations in %s; teacher backbone exported to %s", stop_at - start, elapsed, backbone_path
         )
     return {"stopped": False, "iteration": it, "backbone": backbone_path}
 
