@@ -74,17 +74,9 @@ def world_size_for(launcher: str) -> int:
     raise RuntimeError(f"--launcher {launcher}: cannot determine the world size (WORLD_SIZE is not set)")
 
 
-def prepare_config(args: argparse.Namespace):
-    """Load the config and apply every command-line-derived setting. Returns ``(cfg, info)``."""
-    import torch
-    from mmengine.config import Config
-
-    integration.setup_mmseg()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # ---------------------------------------------------------------- optimiser and schedule
+def _apply_schedule(cfg, args) -> tuple[float, float, int]:
+    """lr, weight decay, AMP and iterations from the command line; the poly schedule ends at ``max_iters`` and at
+    ``min_lr_ratio x lr``. Returns ``(lr, min_lr_ratio, max_iters)``."""
     opt = cfg.optim_wrapper.optimizer
     if args.lr is not None:
         opt["lr"] = args.lr
@@ -109,17 +101,23 @@ def prepare_config(args: argparse.Namespace):
             n_poly += 1
     if n_poly == 0:
         raise ValueError("the config has no PolyLR scheduler (the protocol's schedule)")
+    return lr, min_lr_ratio, max_iters
 
-    # ---------------------------------------------------------------- batch size per process
-    world = world_size_for(args.launcher)
+
+def _apply_batch_per_process(cfg, launcher: str) -> tuple[int, int]:
+    """``train_dataloader.batch_size = total_batch_size // world``. Returns ``(world, total)``."""
+    world = world_size_for(launcher)
     total = int(cfg.get("total_batch_size", cfg.train_dataloader.batch_size))
     if total % world:
         raise ValueError(f"total_batch_size {total} is not divisible by the world size {world}")
     cfg.train_dataloader["batch_size"] = total // world
+    return world, total
 
-    # ---------------------------------------------------------------- data
-    if args.data_root:
-        cfg["data_root"] = args.data_root
+
+def _apply_data(cfg, data_root_arg) -> int:
+    """The dataset root in every loader (checked to hold images/), and the classes. Returns the class count."""
+    if data_root_arg:
+        cfg["data_root"] = data_root_arg
     data_root = cfg.get("data_root")
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) and data_root:
@@ -133,11 +131,13 @@ def prepare_config(args: argparse.Namespace):
         num_classes = integration.infer_num_classes(data_root)
         cfg["num_classes"] = num_classes
     integration.set_dataset_classes(cfg, int(num_classes))
+    return int(num_classes)
 
-    # ---------------------------------------------------------------- pretrained backbone
-    arch = integration.apply_checkpoint_to_config(cfg, args.init)
 
-    # ---------------------------------------------------------------- runtime
+def _apply_runtime(cfg, args) -> None:
+    """Work dir, launcher, seed, resume; gloo without CUDA."""
+    import torch
+
     cfg.work_dir = (
         args.work_dir
         or cfg.get("work_dir")
@@ -150,16 +150,31 @@ def prepare_config(args: argparse.Namespace):
     cfg.load_from = None
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
+
+
+def prepare_config(args: argparse.Namespace):
+    """Load the config and apply every command-line-derived setting. Returns ``(cfg, info)``."""
+    from mmengine.config import Config
+
+    integration.setup_mmseg()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    lr, min_lr_ratio, max_iters = _apply_schedule(cfg, args)
+    world, total = _apply_batch_per_process(cfg, args.launcher)
+    num_classes = _apply_data(cfg, args.data_root)
+    arch = integration.apply_checkpoint_to_config(cfg, args.init)
+    _apply_runtime(cfg, args)
     info = dict(
         lr=lr,
         eta_min=min_lr_ratio * lr,
-        weight_decay=float(opt.get("weight_decay", 0.0)),
+        weight_decay=float(cfg.optim_wrapper.optimizer.get("weight_decay", 0.0)),
         seed=cfg.randomness.get("seed"),
         max_iters=max_iters,
         world_size=world,
         batch_per_gpu=total // world,
         total_batch_size=total,
-        num_classes=int(num_classes),
+        num_classes=num_classes,
         arch={k: v for k, v in arch.items() if k != "meta"},
     )
     return cfg, info
