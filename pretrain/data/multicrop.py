@@ -74,7 +74,8 @@ class _GaussianBlur(transforms.RandomApply):
         super().__init__([transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=p)
 
 
-def _check_probs(name: str, value) -> tuple[float, float, float]:
+def check_blur_prob(value, name: str = "blur_prob") -> tuple[float, float, float]:
+    """``value`` as 3 blur probabilities (global crop 1, global crop 2, local crops), each in [0, 1]."""
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -133,7 +134,7 @@ class MultiCropAugmentation:
         self.mean = _check_stats("mean", mean, positive=False)
         self.std = _check_stats("std", std, positive=True)
         self.photometric = bool(photometric)
-        self.blur_prob = _check_probs("blur_prob", blur_prob)
+        self.blur_prob = check_blur_prob(blur_prob)
         if not 0.0 <= float(grayscale_prob) <= 1.0:
             raise ValueError(f"grayscale_prob must be in [0, 1], got {grayscale_prob!r}")
         self.grayscale_prob = float(grayscale_prob)

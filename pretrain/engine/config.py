@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..data.multicrop import check_blur_prob
+
 DEFAULTS = Path(__file__).with_name("default_config.yaml")
 
 
@@ -97,9 +99,10 @@ def validate(cfg: DictConfig) -> None:
     choice("heads.last_layer_gain", ["learned", "fixed"])
     choice("optim.clip_grad_scope", ["per_module", "joint"])
     choice("optim.decay_tokens_and_positions", [True, False])
-    blur = list(cfg.crops.blur_prob)
-    if len(blur) != 3 or not all(0.0 <= float(v) <= 1.0 for v in blur):
-        raise ConfigError(f"crops.blur_prob must be 3 probabilities (global 1, global 2, local), got {blur}")
+    try:
+        check_blur_prob(list(cfg.crops.blur_prob), "crops.blur_prob")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if int(cfg.train.epoch_length) < 0:
         raise ConfigError(f"train.epoch_length must be >= 0 (0 = one pass over the data), got {cfg.train.epoch_length}")
     lo, hi = cfg.masking.ratio

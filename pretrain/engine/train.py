@@ -191,12 +191,11 @@ def iterations_per_epoch(cfg, dataset_len: int) -> int:
     return n
 
 
-def describe_schedule(cfg, iters_per_epoch: int, dataset_len: int) -> str:
-    """The epoch reading and what it means in iterations and images, for the start-up log."""
-    total_batch = cfg.train.batch_size_per_gpu * du.world_size()
+def describe_schedule(cfg, iters_per_epoch: int, total: int, dataset_len: int) -> str:
+    """The epoch reading and what it means in iterations (``total``, the schedules' length) and images, for the
+    start-up log."""
     epochs = cfg.optim.epochs
-    total = int(epochs * iters_per_epoch)
-    images = total * total_batch
+    images = total * cfg.train.batch_size_per_gpu * du.world_size()
     if cfg.train.epoch_length > 0:
         reading = f"epoch = {iters_per_epoch} iterations (train.epoch_length)"
     else:
@@ -255,7 +254,7 @@ def prepare_run(cfg, device: torch.device) -> Run:
         du.world_size(),
         cfg.train.batch_size_per_gpu,
         total_batch,
-        describe_schedule(cfg, ipe, len(dataset)),
+        describe_schedule(cfg, ipe, total, len(dataset)),
         cfg.optim.lr,
     )
     model = SSLMetaArch(cfg).to(device)

@@ -155,32 +155,32 @@ class BackboneAdapter:
         return (images - mean) / std
 
     @torch.no_grad()
-    def tokens(self, x: torch.Tensor, layers=None, norm: bool = True, content_mask=None, pos_mask=None):
-        """Patch tokens ``(B, N, D)`` after each requested block (final norm applied if ``norm``), in layer order.
-
-        ``x`` is the normalised input. ``layers``: see :meth:`resolve_layers` (default: the last block).
-        """
+    def sequences(self, x: torch.Tensor, layers=None, norm: bool = True, content_mask=None, pos_mask=None):
+        """Whole token sequences ``(B, T, D)``, prefix tokens first, after each requested block (final norm applied
+        if ``norm``), in layer order. ``x`` is the normalised input. ``layers``: see :meth:`resolve_layers` (default:
+        the last block)."""
         wanted = self.resolve_layers(layers)
         seq, _ = self.embed(x, content_mask=content_mask, pos_mask=pos_mask)
         outs = []
         for i, blk in enumerate(self.blocks):
             seq = blk(seq)
             if i in wanted:
-                out = self.final_norm(seq) if norm else seq
-                outs.append(out[:, self.num_prefix :])
+                outs.append(self.final_norm(seq) if norm else seq)
             if i >= wanted[-1]:
                 break
         return outs
 
     @torch.no_grad()
+    def tokens(self, x: torch.Tensor, layers=None, norm: bool = True, content_mask=None, pos_mask=None):
+        """Patch tokens ``(B, N, D)`` of :meth:`sequences` (the prefix tokens removed)."""
+        return [s[:, self.num_prefix :] for s in self.sequences(x, layers, norm, content_mask, pos_mask)]
+
+    @torch.no_grad()
     def cls_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The final-normed CLS token ``(B, D)`` after the last block (``x`` normalised input)."""
-        if self.num_prefix < 1:
+        if getattr(self.model, "cls_token", None) is None:  # prefix tokens may be registers only
             raise AdapterError(f"{self.name} has no CLS token")
-        seq, _ = self.embed(x)
-        for blk in self.blocks:
-            seq = blk(seq)
-        return self.final_norm(seq)[:, 0]
+        return self.sequences(x)[-1][:, 0]
 
     @torch.no_grad()
     def iter_attentions(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
