@@ -26,20 +26,20 @@ setup(
     name="ssl-vit-toolkit",
     version="0.1.0",
     description=__doc__.splitlines()[0],
-    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*"]),
+    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*", "toydata", "toydata.*"]),
     python_requires=">=" + PINS["PYTHON_MIN"],
     install_requires=[
         f"torch=={PINS['TORCH_VERSION']}",
         f"torchvision=={PINS['TORCHVISION_VERSION']}",
         f"timm=={PINS['TIMM_VERSION']}",
         f"omegaconf=={PINS['OMEGACONF_VERSION']}",
+        "pycocotools",  # toydata's polygon rasteriser
     ],
     extras_require={
         "transfer": [
             f"mmcv=={PINS['MMCV_VERSION']}",
             f"mmengine=={PINS['MMENGINE_VERSION']}",
             f"mmsegmentation=={PINS['MMSEG_VERSION']}",
-            "pycocotools",
             "fvcore",
         ],
     },

@@ -7,14 +7,16 @@ Examples::
     python tools/make_toy_data.py --out data/toy_coco --what coco --num-train 100 --num-val 20 --overwrite
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
 
-from pretrain.data import toy  # noqa: E402
+import toydata
 
 
-def _size(text):
+def _size(text: str) -> tuple[int, int]:
     """Parse ``N`` or ``HxW`` into ``(h, w)``."""
     parts = text.lower().split("x")
     try:
@@ -24,16 +26,11 @@ def _size(text):
     if len(vals) == 1:
         return (vals[0], vals[0])
     if len(vals) == 2:
-        return tuple(vals)
+        return (vals[0], vals[1])
     raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
 
 
-def _count_files(path):
-    return sum(len(files) for _, _, files in os.walk(path))
-
-
-def main(argv=None):
-    """Parse arguments, generate, and print what was written."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (for --what all: the toy-data root)")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +38,7 @@ def main(argv=None):
     p.add_argument("--num-images", type=int, default=256, help="pretraining images")
     p.add_argument(
         "--image-scenes",
-        choices=toy.IMAGE_SCENES,
+        choices=toydata.IMAGE_SCENES,
         default="texture",
         help="pretraining images: scenes of the texture world of ade_texture/ or COCO-like object scenes",
     )
@@ -52,7 +49,7 @@ def main(argv=None):
     p.add_argument("--num-classes", type=int, default=6, help="ADE classes (labels 1..K)")
     p.add_argument(
         "--appearance",
-        choices=toy.ADE_APPEARANCES,
+        choices=toydata.ADE_APPEARANCES,
         default="colour",
         help="--what ade: classes told apart by colour (and texture) or by texture alone (random colours)",
     )
@@ -61,60 +58,69 @@ def main(argv=None):
         action="store_true",
         help="images/coco/ade: replace previously generated files; all: regenerate even if up to date",
     )
-    args = p.parse_args(argv)
+    return p
 
+
+def _spec(args: argparse.Namespace) -> toydata.ToySpec:
+    """The spec of ``--what all``; COCO and ADE share ``--num-train``, ``--num-val`` and ``--size``."""
+    split = dict(num_train=args.num_train, num_val=args.num_val, size=args.size)
+    return toydata.ToySpec(
+        seed=args.seed,
+        images=toydata.ImagesSpec(num=args.num_images, size=args.image_size, scenes=args.image_scenes),
+        coco=toydata.CocoSpec(**split),
+        ade=toydata.AdeSpec(**split, num_classes=args.num_classes),
+    )
+
+
+def _count_files(path: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(path))
+
+
+def _make_all(args: argparse.Namespace) -> None:
+    spec = _spec(args)
+    marker = toydata.toy_data_paths(args.out)["marker"]
+    before = os.stat(marker).st_mtime_ns if os.path.isfile(marker) else None
+    paths = toydata.ensure_toy_data(args.out, spec, force=args.overwrite)
+    if before is not None and os.stat(marker).st_mtime_ns == before:
+        print(f"{args.out} is up to date for these parameters; nothing written (--overwrite regenerates)")
+    for key in ("images", "coco", "ade", "ade_texture"):
+        print(f"{key:11s} {paths[key]}  ({_count_files(paths[key])} files)")
+    print(f"{'marker':11s} {paths['marker']}")
+
+
+def _make_one(args: argparse.Namespace) -> None:
+    common = dict(seed=args.seed, overwrite=args.overwrite)
+    if args.what == "images":
+        out = toydata.make_toy_images(
+            args.out, args.num_images, size=args.image_size, scenes=args.image_scenes, **common
+        )
+        print(f"images  {args.out}  ({len(out)} files)")
+        return
+    if args.what == "coco":
+        paths = toydata.make_toy_coco(args.out, args.num_train, args.num_val, image_size=args.size, **common)
+    else:
+        paths = toydata.make_toy_ade(
+            args.out,
+            args.num_train,
+            args.num_val,
+            image_size=args.size,
+            num_classes=args.num_classes,
+            appearance=args.appearance,
+            **common,
+        )
+    for key, val in paths.items():
+        print(f"{key:13s} {val}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, generate, and print what was written."""
+    p = _parser()
+    args = p.parse_args(argv)
     try:
         if args.what == "all":
-            kw = dict(
-                seed=args.seed,
-                num_images=args.num_images,
-                image_size=args.image_size,
-                image_scenes=args.image_scenes,
-                coco_train=args.num_train,
-                coco_val=args.num_val,
-                coco_size=args.size,
-                ade_train=args.num_train,
-                ade_val=args.num_val,
-                ade_size=args.size,
-                ade_classes=args.num_classes,
-            )
-            marker = os.path.join(args.out, ".complete")
-            before = os.stat(marker).st_mtime_ns if os.path.isfile(marker) else None
-            paths = toy.ensure_toy_data(args.out, force=args.overwrite, **kw)
-            if before is not None and os.stat(marker).st_mtime_ns == before:
-                print(f"{args.out} is up to date for these parameters; nothing written (--overwrite regenerates)")
-            for key in ("images", "coco", "ade", "ade_texture"):
-                print(f"{key:11s} {paths[key]}  ({_count_files(paths[key])} files)")
-            print(f"{'marker':11s} {paths['marker']}")
-        elif args.what == "images":
-            out = toy.make_toy_images(
-                args.out,
-                args.num_images,
-                size=args.image_size,
-                seed=args.seed,
-                overwrite=args.overwrite,
-                scenes=args.image_scenes,
-            )
-            print(f"images  {args.out}  ({len(out)} files)")
-        elif args.what == "coco":
-            paths = toy.make_toy_coco(
-                args.out, args.num_train, args.num_val, image_size=args.size, seed=args.seed, overwrite=args.overwrite
-            )
-            for key, val in paths.items():
-                print(f"{key:13s} {val}")
+            _make_all(args)
         else:
-            paths = toy.make_toy_ade(
-                args.out,
-                args.num_train,
-                args.num_val,
-                image_size=args.size,
-                seed=args.seed,
-                num_classes=args.num_classes,
-                overwrite=args.overwrite,
-                appearance=args.appearance,
-            )
-            for key, val in paths.items():
-                print(f"{key:13s} {val}")
+            _make_one(args)
     except (ValueError, FileExistsError, NotADirectoryError) as e:
         p.exit(2, f"error: {e}\n")
     return 0

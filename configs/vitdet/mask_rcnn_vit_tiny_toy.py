@@ -10,7 +10,7 @@
   100 iterations; lr steps at fixed fractions of ``train.max_iter`` so that shorter runs keep the schedule's shape.
 """
 
-from pretrain.data.toy import COCO_CATEGORIES
+from toydata import COCO_CATEGORIES
 from transfer.vitdet.data import lsj_dataloader
 
 from .base_mask_rcnn_vit import lr_multiplier, model, optimizer, train

@@ -1,6 +1,6 @@
 """Image-level k-NN probe on the frozen CLS token, over the toy texture classes.
 
-Each image of :func:`pretrain.data.toy.toy_texture_classes` is one class's pattern (colours random per image), so a
+Each image of :func:`toydata.toy_texture_classes` is one class's pattern (colours random per image), so a
 CLS token that tells the classes apart must carry the pattern, not the colour. Features: the final-normed CLS
 token; classifier: cosine k-NN with majority vote (ties to the nearest neighbour's class), trained on the ``train``
 split and scored on the ``val`` split (independent random streams).
@@ -40,7 +40,7 @@ def cls_knn_accuracy(
     **read_options,
 ) -> float:
     """Top-1 accuracy of the CLS k-NN probe for ``checkpoint`` (or its architecture at random init, ``seed``)."""
-    from pretrain.data.toy import toy_texture_classes
+    from toydata import toy_texture_classes
 
     from .backbones import load_adapter
 

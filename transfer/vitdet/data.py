@@ -13,7 +13,7 @@ Datasets
       imported, below ``$DETECTRON2_DATASETS`` (default ``./datasets``): ``coco/train2017``, ``coco/val2017``,
       ``coco/annotations/instances_{train,val}2017.json``. Set the variable **before** importing detectron2;
       :func:`check_datasets_available` gives a clear error when the files are not there.
-    * The toy set of :func:`pretrain.data.toy.make_toy_coco`: :func:`register_toy_coco` registers
+    * The toy set of :func:`toydata.make_toy_coco`: :func:`register_toy_coco` registers
       ``<prefix>_train`` / ``<prefix>_val`` from ``root/annotations/instances_{train,val}.json`` and
       ``root/{train,val}``.
 """
@@ -100,7 +100,7 @@ def lsj_dataloader(
 
 
 def toy_coco_split_paths(root: str) -> dict:
-    """``{split: (json_file, image_dir)}`` of a toy COCO set written by ``pretrain.data.toy.make_toy_coco``."""
+    """``{split: (json_file, image_dir)}`` of a toy COCO set written by ``toydata.make_toy_coco``."""
     return {
         split: (os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split))
         for split in ("train", "val")
@@ -111,7 +111,7 @@ def register_toy_coco(root: str, name_prefix: str = "toy_coco") -> list[str]:
     """Register ``<name_prefix>_train`` / ``<name_prefix>_val`` (COCO instances) from a toy COCO folder.
 
     ``root`` holds ``annotations/instances_{train,val}.json`` and ``{train,val}/`` images (the layout of
-    :func:`pretrain.data.toy.make_toy_coco`, i.e. ``<toy root>/coco`` of ``ensure_toy_data``). Registering again
+    :func:`toydata.make_toy_coco`, i.e. ``<toy root>/coco`` of ``ensure_toy_data``). Registering again
     with the same files is a no-op; with other files the old registration is replaced. Returns the names.
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
@@ -120,7 +120,7 @@ def register_toy_coco(root: str, name_prefix: str = "toy_coco") -> list[str]:
         if not os.path.isfile(json_file) or not os.path.isdir(image_root):
             raise FileNotFoundError(
                 f"toy COCO set incomplete at {root}: need {json_file} and {image_root}/ (make one with "
-                "pretrain.data.toy.make_toy_coco(root, ...) or ensure_toy_data(dir) and use dir/coco)"
+                "toydata.make_toy_coco(root, ...) or ensure_toy_data(dir) and use dir/coco)"
             )
         name = f"{name_prefix}_{split}"
         if name in DatasetCatalog.list():
@@ -148,7 +148,7 @@ def check_datasets_available(names) -> None:
         if name not in registered:
             hint = ""
             if name.startswith("toy_coco"):
-                hint = f" Set {TOY_COCO_ENV}=<folder made by pretrain.data.toy.make_toy_coco> (or train.toy_coco_root)."
+                hint = f" Set {TOY_COCO_ENV}=<folder made by toydata.make_toy_coco> (or train.toy_coco_root)."
             raise KeyError(f"dataset {name!r} is not registered.{hint}")
         meta = MetadataCatalog.get(name)
         json_file = getattr(meta, "json_file", None)

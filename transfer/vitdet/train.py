@@ -185,7 +185,7 @@ def register_datasets(cfg) -> None:
             raise ValueError(
                 f"datasets {names} need the toy COCO set, not found at {root!r}: run "
                 f"`python tools/make_toy_data.py --out data/toy`, or set {TOY_COCO_ENV}=<dir> or "
-                "train.toy_coco_root=<dir>, a folder written by pretrain.data.toy.make_toy_coco(dir, ...)"
+                "train.toy_coco_root=<dir>, a folder written by toydata.make_toy_coco(dir, ...)"
             )
         for prefix in prefixes:
             register_toy_coco(root, name_prefix=prefix)
