@@ -73,30 +73,13 @@ def _malloc_trim() -> None:
 
 def build_backbone(variant: str, arch: str, size: int, patch: int = 16):
     """The backbone of one variant (same constructor arguments; the caller loads identical weights)."""
-    from functools import partial
-
-    import torch.nn as nn
     from detectron2.modeling import ViT
 
     from transfer.vitdet.backbone import SDPAViT
+    from transfer.vitdet.plain_vit import plain_vit_kwargs
 
     dim, depth, heads = ARCHS[arch]
-    kw = dict(
-        img_size=size,
-        patch_size=patch,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        drop_path_rate=0.0,
-        mlp_ratio=4,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_size=0,
-        window_block_indexes=[],
-        use_rel_pos=False,
-        pretrain_img_size=size,
-        pretrain_use_cls_token=True,
-    )
+    kw = plain_vit_kwargs(img_size=size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
     if variant == "d2":
         return ViT(**kw)
     if variant in ("sdpa", "sdpa_ckpt"):

@@ -23,6 +23,8 @@ import argparse
 import os
 import sys
 
+from transfer.analysis.cli import add_output_options, add_read_options, run_tool
+
 
 def parse_query(text):
     """``x,y``: floats in [0, 1] (with a decimal point) are fractions of the image, integers are pixels."""
@@ -57,51 +59,17 @@ def build_parser():
     )
     p.add_argument("--map-images", type=int, default=4, help="images shown in each attention_maps PNG")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--out", default="outputs/analysis/attention", help="output folder")
-    p.add_argument("--src-format", default="auto", help="converter source format (auto, ours, dinov2, timm, mae)")
-    p.add_argument("--num-heads", type=int, help="heads, for checkpoints whose metadata lacks them")
-    p.add_argument("--unsafe-load", action="store_true", help="allow full unpickling (trusted files only)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_read_options(p)
+    add_output_options(p, "outputs/analysis/attention")
     return p
 
 
 def main(argv=None):
-    """Parse arguments, run the analysis, print where the outputs went. Returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run :func:`transfer.analysis.attention.attention_report` on the command line; returns the exit status."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from transfer.analysis.attention import DEFAULT_QUERIES, run_attention_analysis
-    from transfer.analysis.backbones import AdapterError
+    from transfer.analysis.attention import attention_report
 
-    if args.size < 1 or args.batch_size < 1:
-        print("analyze_attention: error: --size and --batch-size must be positive", file=sys.stderr)
-        return 2
-    try:
-        res = run_attention_analysis(
-            args.checkpoints,
-            args.images,
-            args.out,
-            size=args.size,
-            max_images=args.max_images or None,
-            queries=args.queries or DEFAULT_QUERIES,
-            max_map_images=args.map_images,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-            src_format=args.src_format,
-            num_heads=args.num_heads,
-            unsafe_load=args.unsafe_load,
-        )
-    except (AdapterError, FileNotFoundError, ValueError) as e:
-        print(f"analyze_attention: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{'checkpoint':<24} {'layer':>5} {'NMI':>8} {'MAD(px)':>9}")
-    for name, st in res["stats"].items():
-        for i, (n, m) in enumerate(zip(st["nmi"], st["mad"])):
-            print(f"{name:<24} {i + 1:>5} {n:>8.4f} {m:>9.2f}")
-    print(f"wrote {res['csv']}")
-    print(f"wrote {res['plot']}")
-    for path in res["maps"].values():
-        print(f"wrote {path}")
-    return 0
+    return run_tool("analyze_attention", attention_report, build_parser(), argv)
 
 
 if __name__ == "__main__":

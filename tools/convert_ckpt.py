@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a ViT checkpoint for detectron2 ViTDet, MMSeg Segmenter or timm (see ``transfer/convert/cli.py``).
+"""Convert a ViT checkpoint for detectron2 ViTDet, MMSeg Segmenter or timm (the command line of
+``transfer.convert.convert_checkpoint``, see ``transfer/convert/api.py``).
 
 Example::
 
@@ -9,7 +10,7 @@ Example::
 
 import sys
 
-from transfer.convert.cli import main  # noqa: E402
+from transfer.convert.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,8 @@ Examples::
 import argparse
 import sys
 
+from transfer.analysis.cli import add_output_options, add_read_options, run_tool
+
 
 def parse_layers(text):
     """``last`` | ``all`` | comma-separated 1-based block numbers (negative: from the end, -1 = last)."""
@@ -61,60 +63,24 @@ def build_parser():
     p.add_argument("--num-classes", type=int, help="number of classes (default: from the labels)")
     p.add_argument(
         "--no-reduce-zero-label",
-        action="store_true",
+        dest="reduce_zero",
+        action="store_false",
         help="labels are already 0..K-1 with 255 = ignore (default: ADE raw labels, 0 = ignore, 1..K = classes)",
     )
     p.add_argument("--max-train", type=int, help="use the first N training images")
     p.add_argument("--max-val", type=int, help="use the first N validation images")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--linear-steps", type=int, default=300)
-    p.add_argument("--out", default="outputs/analysis/probe", help="output folder")
-    p.add_argument("--src-format", default="auto", help="converter source format (auto, ours, dinov2, timm, mae)")
-    p.add_argument("--num-heads", type=int, help="heads, for checkpoints whose metadata lacks them")
-    p.add_argument("--unsafe-load", action="store_true", help="allow full unpickling (trusted files only)")
-    p.add_argument("--quiet", action="store_true")
+    add_read_options(p)
+    add_output_options(p, "outputs/analysis/probe")
     return p
 
 
 def main(argv=None):
-    """Parse arguments, probe, write the results. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    from transfer.analysis.backbones import AdapterError
-    from transfer.analysis.probes import format_table, probe_checkpoint, write_results
+    """Run :func:`transfer.analysis.probes.dense_probe_report` on the command line; returns the exit status."""
+    from transfer.analysis.probes import dense_probe_report
 
-    if args.size < 1 or args.batch_size < 1 or any(m < 0 for m in args.remove_top_var):
-        print("probe_dense: error: --size/--batch-size must be positive, --remove-top-var >= 0", file=sys.stderr)
-        return 2
-    probes = ("nn", "linear") if args.probe == "both" else (args.probe,)
-    try:
-        results = probe_checkpoint(
-            args.checkpoint,
-            args.data,
-            size=args.size,
-            layers=args.layers,
-            probes=probes,
-            remove_top_var=args.remove_top_var,
-            random_init=args.random_init,
-            reduce_zero=not args.no_reduce_zero_label,
-            num_classes=args.num_classes,
-            max_train=args.max_train,
-            max_val=args.max_val,
-            batch_size=args.batch_size,
-            linear_steps=args.linear_steps,
-            seed=args.seed,
-            progress=not args.quiet,
-            src_format=args.src_format,
-            num_heads=args.num_heads,
-            unsafe_load=args.unsafe_load,
-        )
-    except (AdapterError, FileNotFoundError, ValueError) as e:
-        print(f"probe_dense: error: {e}", file=sys.stderr)
-        return 2
-    csv_path, json_path = write_results(results, args.out)
-    print(format_table(results))
-    print(f"wrote {csv_path}")
-    print(f"wrote {json_path}")
-    return 0
+    return run_tool("probe_dense", dense_probe_report, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ Example::
 import argparse
 import sys
 
+from transfer.analysis.cli import add_output_options, run_tool
+
 
 def _ratios(text):
     try:
@@ -48,60 +50,15 @@ def build_parser():
         help="match against the unmasked forward's tokens (default) or position templates (all content [MASK])",
     )
     p.add_argument("--random-init", action="store_true", help="same architecture, random weights (baseline)")
-    p.add_argument("--out", default="outputs/analysis/position", help="output folder")
-    p.add_argument("--quiet", action="store_true")
+    add_output_options(p, "outputs/analysis/position")
     return p
 
 
 def main(argv=None):
-    """Parse arguments, run the grid, write the tables. Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    import torch
+    """Run :func:`transfer.analysis.position.position_report` on the command line; returns the exit status."""
+    from transfer.analysis.position import position_report
 
-    from transfer.analysis.backbones import AdapterError, load_adapter
-    from transfer.analysis.images import list_images, load_image
-    from transfer.analysis.position import format_grid, mean_over_cells, position_accuracy, write_tables
-
-    if args.size < 1 or args.batch_size < 1 or args.repeats < 1:
-        print("probe_position: error: --size, --batch-size and --repeats must be positive", file=sys.stderr)
-        return 2
-    try:
-        adapter = load_adapter(args.checkpoint, image_size=args.size, random_init=args.random_init, seed=args.seed)
-        if not adapter.supports_masks:
-            raise AdapterError(
-                f"{args.checkpoint}: no [POSMASK] token (only our own backbones have one); nothing to measure"
-            )
-        side = max(adapter.patch_size, (args.size // adapter.patch_size) * adapter.patch_size)
-        files = list_images(args.images, args.max_images or None)
-        images = torch.stack([load_image(f, side) for f in files])
-        cells = position_accuracy(
-            adapter,
-            images,
-            args.content_ratios,
-            args.pos_ratios,
-            repeats=args.repeats,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=not args.quiet,
-            reference=args.reference,
-        )
-    except (AdapterError, FileNotFoundError, ValueError) as e:
-        print(f"probe_position: error: {e}", file=sys.stderr)
-        return 2
-    paths = write_tables(cells, args.out)
-    g = side // adapter.patch_size
-    print(
-        f"{adapter.name}{' (random init)' if args.random_init else ''}: {len(files)} images at {side}px, "
-        f"grid {g}x{g}, reference {args.reference}, chance {1.0 / (g * g):.4f}"
-    )
-    print(format_grid(cells, "top1"))
-    print(format_grid(cells, "within1"))
-    print(
-        f"mean top-1 over cells {mean_over_cells(cells, 'top1'):.4f}, within-1 {mean_over_cells(cells, 'within1'):.4f}"
-    )
-    for path in paths.values():
-        print(f"wrote {path}")
-    return 0
+    return run_tool("probe_position", position_report, build_parser(), argv)
 
 
 if __name__ == "__main__":

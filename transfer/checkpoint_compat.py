@@ -1,13 +1,17 @@
-"""Let framework checkpoints load under ``torch.load``'s ``weights_only=True`` default.
+"""Framework checkpoints: let them load under ``torch.load``'s ``weights_only=True``, and say what did not load.
 
 torch >= 2.6 loads with ``weights_only=True`` unless told otherwise. mmengine 0.10.7 and fvcore call
 ``torch.load`` without the argument, so resuming their full checkpoints (which pickle mmengine's
 ``HistoryBuffer``, numpy arrays, dtypes and scalars in the message hub / iteration counters) fails.
 Rather than switching the safe loader off, we allow-list exactly the types those checkpoints contain.
 Call :func:`allow_framework_checkpoint_globals` once before training or resuming.
+
+:func:`labelled_problems` formats the key mismatches that the ViTDet and Segmenter loaders refuse.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,3 +55,8 @@ def allow_framework_checkpoint_globals() -> None:
         pass
     torch.serialization.add_safe_globals(allowed)
     _DONE = True
+
+
+def labelled_problems(groups: Sequence[tuple[str, Sequence]], listing: Callable[[Sequence], str] = str) -> list[str]:
+    """``"<label>: <listing(keys)>"`` for every non-empty ``(label, keys)`` group, in order."""
+    return [f"{label}: {listing(keys)}" for label, keys in groups if keys]

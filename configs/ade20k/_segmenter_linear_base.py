@@ -23,7 +23,8 @@ num_classes = 150
 crop_size = (512, 512)
 data_root = "{{$ADE20K_ROOT:data/ade/ADEChallengeData2016}}"
 
-# ImageNet mean/std: our weights (and DINOv2/iBOT/MAE/DropPos/LOCA) are trained with them.
+# ImageNet mean/std (pretrain/data/normalization.py, IMAGENET_MEAN_255; MMEngine configs cannot import it, a test
+# checks that the two agree): our weights (and DINOv2/iBOT/MAE/DropPos/LOCA) are trained with them.
 # (mmseg's Segmenter configs use 127.5/127.5 for the AugReg weights; not ours.)
 data_preprocessor = dict(
     type="SegDataPreProcessor",
@@ -100,30 +101,27 @@ test_pipeline = [
     dict(type="LoadAnnotations", reduce_zero_label=True),
     dict(type="PackSegInputs"),
 ]
-train_dataloader = dict(
-    batch_size=16,  # per GPU; the entry sets total_batch_size // world size
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type="InfiniteSampler", shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
-        pipeline=train_pipeline,
-    ),
-)
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
-        pipeline=test_pipeline,
-    ),
-)
+
+
+def _ade_loader(split, pipeline, batch_size, sampler):
+    """A dataloader over images/<split> and annotations/<split> (a function: mmengine keeps it out of the config)."""
+    return dict(
+        batch_size=batch_size,
+        num_workers=4,
+        persistent_workers=True,
+        sampler=sampler,
+        dataset=dict(
+            type=dataset_type,
+            data_root=data_root,
+            data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"annotations/{split}"),
+            pipeline=pipeline,
+        ),
+    )
+
+
+# per-GPU batch 16: the entry sets total_batch_size // world size
+train_dataloader = _ade_loader("training", train_pipeline, 16, dict(type="InfiniteSampler", shuffle=True))
+val_dataloader = _ade_loader("validation", test_pipeline, 1, dict(type="DefaultSampler", shuffle=False))
 test_dataloader = val_dataloader
 # IoUMetric reports aAcc, mIoU and mAcc (percent) for iou_metrics=['mIoU'].
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])

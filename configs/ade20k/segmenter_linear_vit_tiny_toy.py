@@ -1,5 +1,5 @@
 # Toy version of the Segmenter linear protocol: any small converted ViT on the generated toy ADE set
-# (pretrain.data.toy.make_toy_ade: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png,
+# (toydata.make_toy_ade: images/{training,validation}/*.jpg, annotations/{training,validation}/*.png,
 # 0 = ignore, classes 1..K). Minutes on a CPU; for checking the plumbing, not for numbers.
 #
 #   python tools/make_toy_data.py --out data/toy     # once: the ADE part lands in data/toy/ade (the default root)
@@ -27,21 +27,22 @@ model = dict(
 )
 
 dataset_type = "BaseSegDataset"  # generic ADE-layout folder with K classes (ADE20KDataset insists on 150)
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
-    dict(type="RandomResize", scale=(256, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PhotoMetricDistortion"),
-    dict(type="PackSegInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="Resize", scale=(256, 64), keep_ratio=True),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
-    dict(type="PackSegInputs"),
-]
+
+
+def _at_toy_scale(pipeline):
+    """The base recipe's pipeline with shorter side 64 instead of 512 and 64 px crops (a function: mmengine keeps
+    it out of the config; ``_base_`` is the base config while this file runs)."""
+    toy = dict(
+        RandomResize=dict(scale=(256, 64), ratio_range=(0.75, 1.5)),
+        RandomCrop=dict(crop_size=crop_size),
+        Resize=dict(scale=(256, 64)),
+    )
+    return [dict(step, **toy.get(step["type"], {})) for step in pipeline]
+
+
+train_pipeline = _at_toy_scale(_base_.train_pipeline)
+test_pipeline = _at_toy_scale(_base_.test_pipeline)
+
 _toy_dataset = dict(
     type=dataset_type,
     data_root=data_root,

@@ -3,7 +3,8 @@
 Built from detectron2's model-zoo pieces that ship in the pip package (``common/models/mask_rcnn_vitdet.py``,
 ``common/optim.py``, ``common/train.py``) with our backbone swapped in:
 
-* ``model.backbone.net`` = :class:`transfer.vitdet.backbone.SDPAViT`: global attention in every block
+* ``model.backbone.net`` = :class:`transfer.vitdet.backbone.SDPAViT` built from
+  :func:`transfer.vitdet.plain_vit.plain_vit_kwargs`: global attention in every block
   (``window_block_indexes=[]``, ``window_size=0``), no relative position (``use_rel_pos=False``), absolute
   position embeddings from the converted checkpoint at the target grid (``pretrain_img_size=1024`` -> 64x64,
   ``pretrain_use_cls_token=True``: the converter writes a CLS slot), attention through SDPA,
@@ -18,36 +19,21 @@ architecture (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``pretrai
 init checkpoint's metadata and refuses a checkpoint that does not match.
 """
 
-from functools import partial
-
-import torch.nn as nn
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
 from transfer.vitdet.backbone import SDPAViT
 from transfer.vitdet.data import lsj_dataloader
+from transfer.vitdet.plain_vit import plain_vit_kwargs
 from transfer.vitdet.solver import make_vit_lr_factor_func, vitdet_lr_multiplier
 
 IMAGE_SIZE = 1024
 
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 model.backbone.net = L(SDPAViT)(
-    img_size=IMAGE_SIZE,
-    patch_size=16,
-    embed_dim=768,
-    depth=12,
-    num_heads=12,
-    drop_path_rate=0.1,
-    mlp_ratio=4,
-    qkv_bias=True,
-    norm_layer=partial(nn.LayerNorm, eps=1e-6),
-    window_size=0,
-    window_block_indexes=[],
+    **plain_vit_kwargs(img_size=IMAGE_SIZE, patch_size=16, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
     residual_block_indexes=[],
-    use_rel_pos=False,
     use_act_checkpoint=False,
-    pretrain_img_size=IMAGE_SIZE,
-    pretrain_use_cls_token=True,
     use_cls_token=False,
     num_register_tokens=0,
     out_feature="last_feat",

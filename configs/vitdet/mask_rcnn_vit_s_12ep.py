@@ -2,10 +2,7 @@
 
 from .base_mask_rcnn_vit import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone.net.embed_dim = 384
-model.backbone.net.depth = 12
-model.backbone.net.num_heads = 6
-model.backbone.net.drop_path_rate = 0.1
+model.backbone.net.update(embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1)
 optimizer.lr = 1e-4
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -284,7 +284,6 @@ def run_attention_analysis(
     Images are resized to ``size`` rounded down to a multiple of each checkpoint's patch size. Returns
     ``{"csv": path, "plot": path, "maps": {name: path}, "stats": {name: stats}}``.
     """
-    import csv
     import os
 
     from .backbones import _display_name, load_adapter, unique_names
@@ -309,18 +308,27 @@ def run_attention_analysis(
                 f"{len(imgs)} images at {side}x{side} (grid {side // adapter.patch_size}^2)",
                 flush=True,
             )
-        st = attention_statistics(adapter, imgs, batch_size=batch_size, eps=eps, progress=progress, desc=name)
-        stats[name] = st
-        k = min(max_map_images, len(imgs))
-        maps = final_layer_maps(adapter, imgs[:k], queries, batch_size=batch_size)
+        stats[name] = attention_statistics(adapter, imgs, batch_size=batch_size, eps=eps, progress=progress, desc=name)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         maps_paths[name] = os.path.join(out_dir, f"attention_maps_{safe}.png")
+        k = min(max_map_images, len(imgs))
+        maps = final_layer_maps(adapter, imgs[:k], queries, batch_size=batch_size)
         plot_query_maps(imgs[:k], maps, queries, maps_paths[name], title=f"{name}: final-layer attention")
     csv_path = os.path.join(out_dir, "attention_stats.csv")
-    with open(csv_path, "w", newline="") as fh:
+    write_statistics_csv(stats, csv_path)
+    plot_path = os.path.join(out_dir, "attention_stats.png")
+    plot_statistics(stats, plot_path, title=f"attention statistics ({len(files)} images, {size}px)")
+    return {"csv": csv_path, "plot": plot_path, "maps": maps_paths, "stats": stats}
+
+
+def write_statistics_csv(stats_by_name: dict, path: str) -> None:
+    """``attention_stats.csv``: one row per checkpoint and layer (1-based)."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["checkpoint", "layer", "nmi", "mad", "nmi_std", "mad_std", "num_images", "grid_h", "grid_w"])
-        for name, st in stats.items():
+        for name, st in stats_by_name.items():
             for layer in range(len(st["nmi"])):
                 w.writerow(
                     [
@@ -334,6 +342,37 @@ def run_attention_analysis(
                         *st["grid"],
                     ]
                 )
-    plot_path = os.path.join(out_dir, "attention_stats.png")
-    plot_statistics(stats, plot_path, title=f"attention statistics ({len(files)} images, {size}px)")
-    return {"csv": csv_path, "plot": plot_path, "maps": maps_paths, "stats": stats}
+
+
+def attention_report(
+    checkpoints: Sequence[str],
+    images: str,
+    out: str,
+    size: int = 480,
+    batch_size: int = 1,
+    max_images: int = 16,
+    queries: Sequence | None = None,
+    map_images: int = 4,
+    **options,
+) -> list[str]:
+    """``tools/analyze_attention.py``: check the arguments, run :func:`run_attention_analysis` (``max_images=0``:
+    all images; ``queries=None``: :data:`DEFAULT_QUERIES`; ``options``: ``progress`` and the converter's read
+    options) and return the lines to print (the NMI/MAD table and the files written)."""
+    if size < 1 or batch_size < 1:
+        raise ValueError("--size and --batch-size must be positive")
+    res = run_attention_analysis(
+        checkpoints,
+        images,
+        out,
+        size=size,
+        max_images=max_images or None,
+        queries=queries or DEFAULT_QUERIES,
+        max_map_images=map_images,
+        batch_size=batch_size,
+        **options,
+    )
+    lines = [f"{'checkpoint':<24} {'layer':>5} {'NMI':>8} {'MAD(px)':>9}"]
+    for name, st in res["stats"].items():
+        for i, (n, m) in enumerate(zip(st["nmi"], st["mad"])):
+            lines.append(f"{name:<24} {i + 1:>5} {n:>8.4f} {m:>9.2f}")
+    return lines + [f"wrote {path}" for path in (res["csv"], res["plot"], *res["maps"].values())]

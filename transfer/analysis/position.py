@@ -148,43 +148,45 @@ def position_accuracy(
     if reference not in ("unmasked", "position"):
         raise ValueError(f"reference must be 'unmasked' or 'position', got {reference!r}")
     gen = torch.Generator().manual_seed(seed)
-    counts = {(c, p): [0, 0, 0] for c in content_ratios for p in pos_ratios}
+    counts = {(c, p): [0, 0, 0] for c in content_ratios for p in pos_ratios}  # predictions, top-1, within-1
     grid = None
     steps = math.ceil(images.shape[0] / batch_size)
     bar = tqdm(total=steps * repeats * len(counts), desc="position", disable=not progress, leave=False)
     for s in range(0, images.shape[0], batch_size):
         x = adapter.normalize(images[s : s + batch_size])
         grid = adapter.grid(x.shape[-2], x.shape[-1])
-        n = grid[0] * grid[1]
-        if reference == "unmasked":
-            ref = adapter.forward_masked(x)
-        else:
-            ref = adapter.forward_masked(x, content_mask=torch.ones(x.shape[0], n, dtype=torch.bool))
-        for _ in range(repeats):
-            for (c, p), acc in counts.items():
-                cm, pm = sample_masks(x.shape[0], n, c, p, gen)
-                if pm.any():
-                    out = adapter.forward_masked(x, content_mask=cm if cm.any() else None, pos_mask=pm)
-                    m = match_positions(out, ref, pm, grid)
-                    acc[0] += m["num"]
-                    acc[1] += m["top1"]
-                    acc[2] += m["within1_count"]
-                bar.update(1)
+        _count_batch(adapter, x, grid, counts, repeats, reference, gen, bar)
     bar.close()
-    n = grid[0] * grid[1]
-    cells = []
-    for (c, p), (num, top1, w1) in counts.items():
-        cells.append(
-            PositionCell(
-                content_ratio=float(c),
-                pos_ratio=float(p),
-                top1=top1 / num if num else math.nan,
-                within1=w1 / num if num else math.nan,
-                num_predictions=num,
-                chance=1.0 / n,
-            )
+    return [
+        PositionCell(
+            content_ratio=float(c),
+            pos_ratio=float(p),
+            top1=top1 / num if num else math.nan,
+            within1=w1 / num if num else math.nan,
+            num_predictions=num,
+            chance=1.0 / (grid[0] * grid[1]),
         )
-    return cells
+        for (c, p), (num, top1, w1) in counts.items()
+    ]
+
+
+def _count_batch(adapter, x: torch.Tensor, grid, counts: dict, repeats: int, reference: str, gen, bar) -> None:
+    """Add one batch's predictions, top-1 and within-1 hits to ``counts[(content ratio, position ratio)]``."""
+    n = grid[0] * grid[1]
+    if reference == "unmasked":
+        ref = adapter.forward_masked(x)
+    else:
+        ref = adapter.forward_masked(x, content_mask=torch.ones(x.shape[0], n, dtype=torch.bool))
+    for _ in range(repeats):
+        for (c, p), acc in counts.items():
+            cm, pm = sample_masks(x.shape[0], n, c, p, gen)
+            if pm.any():
+                out = adapter.forward_masked(x, content_mask=cm if cm.any() else None, pos_mask=pm)
+                m = match_positions(out, ref, pm, grid)
+                acc[0] += m["num"]
+                acc[1] += m["top1"]
+                acc[2] += m["within1_count"]
+            bar.update(1)
 
 
 def mean_over_cells(cells: Sequence[PositionCell], key: str = "top1") -> float:
@@ -230,3 +232,54 @@ def format_grid(cells: Sequence[PositionCell], key: str = "top1") -> str:
     for c in cs:
         lines.append(f"{'mask ' + format(c, 'g'):<10}" + "".join(f"{getattr(by[(c, p)], key):>10.4f}" for p in ps))
     return "\n".join(lines)
+
+
+def position_report(
+    checkpoint: str,
+    images: str,
+    out: str,
+    size: int = 224,
+    max_images: int = 64,
+    content_ratios: Sequence[float] = DEFAULT_CONTENT_RATIOS,
+    pos_ratios: Sequence[float] = DEFAULT_POS_RATIOS,
+    repeats: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+    reference: str = "unmasked",
+    random_init: bool = False,
+    progress: bool = True,
+) -> list[str]:
+    """``tools/probe_position.py``: check the arguments, load ``checkpoint`` (or its architecture at random init),
+    run :func:`position_accuracy` on the first ``max_images`` images (0: all) of the folder ``images``, write the
+    tables under ``out`` and return the lines to print."""
+    from .backbones import AdapterError, load_adapter
+    from .images import list_images, load_image
+
+    if size < 1 or batch_size < 1 or repeats < 1:
+        raise ValueError("--size, --batch-size and --repeats must be positive")
+    adapter = load_adapter(checkpoint, image_size=size, random_init=random_init, seed=seed)
+    if not adapter.supports_masks:
+        raise AdapterError(f"{checkpoint}: no [POSMASK] token (only our own backbones have one); nothing to measure")
+    side = max(adapter.patch_size, (size // adapter.patch_size) * adapter.patch_size)
+    files = list_images(images, max_images or None)
+    batch = torch.stack([load_image(f, side) for f in files])
+    cells = position_accuracy(
+        adapter,
+        batch,
+        content_ratios,
+        pos_ratios,
+        repeats=repeats,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        reference=reference,
+    )
+    paths = write_tables(cells, out)
+    g = side // adapter.patch_size
+    return [
+        f"{adapter.name}{' (random init)' if random_init else ''}: {len(files)} images at {side}px, "
+        f"grid {g}x{g}, reference {reference}, chance {1.0 / (g * g):.4f}",
+        format_grid(cells, "top1"),
+        format_grid(cells, "within1"),
+        f"mean top-1 over cells {mean_over_cells(cells, 'top1'):.4f}, within-1 {mean_over_cells(cells, 'within1'):.4f}",
+    ] + [f"wrote {path}" for path in paths.values()]

@@ -303,54 +303,21 @@ def run_probes(
     progress: bool = True,
 ) -> list[ProbeResult]:
     """Every (layer, m, probe) combination on precomputed features; labels ``(B, gh, gw)`` with ignore = 255."""
-    import time
-
     ytr_all = train_labels.reshape(-1)
     yva_all = val_labels.reshape(-1)
-    tr_ok = ytr_all != IGNORE_INDEX
-    va_ok = yva_all != IGNORE_INDEX
-    if int(tr_ok.sum()) == 0:
-        raise ValueError("no labelled training patches (every patch's majority label is the ignore label)")
-    if int(va_ok.sum()) == 0:
-        raise ValueError("no labelled validation patches (every patch's majority label is the ignore label)")
+    tr_ok = _labelled(ytr_all, "training")
+    va_ok = _labelled(yva_all, "validation")
     results = []
     for layer in sorted(train_feats):
         xtr_all, xva_all = train_feats[layer], val_feats[layer]
         if xtr_all.shape[0] != ytr_all.numel() or xva_all.shape[0] != yva_all.numel():
             raise ValueError("features and labels disagree in the number of patches")
         for m in remove_top_var:
-            if m:
-                dims = top_variance_dims(xtr_all, m)  # variance over all training patch tokens
-                xtr, xva = remove_dims(xtr_all, dims), remove_dims(xva_all, dims)
-            else:
-                xtr, xva = xtr_all, xva_all
+            xtr, xva = _without_top_variance(xtr_all, xva_all, m)
             xtr, ytr, xva, yva = xtr[tr_ok], ytr_all[tr_ok], xva[va_ok], yva_all[va_ok]
+            row = dict(checkpoint=checkpoint, init=init, layer=layer + 1, remove_top_var=int(m))
             for probe in probes:
-                t0 = time.time()
-                if probe == "nn":
-                    pred = nn_probe(xtr, ytr, xva)
-                elif probe == "linear":
-                    pred = linear_probe(xtr, ytr, xva, num_classes, steps=linear_steps, seed=seed)
-                else:
-                    raise ValueError(f"unknown probe {probe!r} (nn, linear)")
-                met = segmentation_metrics(pred, yva, num_classes)
-                r = ProbeResult(
-                    checkpoint=checkpoint,
-                    init=init,
-                    layer=layer + 1,
-                    probe=probe,
-                    remove_top_var=int(m),
-                    miou=met["miou"],
-                    acc=met["acc"],
-                    macc=met["macc"],
-                    num_classes=num_classes,
-                    num_classes_present=met["num_classes_present"],
-                    num_train_patches=int(ytr.numel()),
-                    num_val_patches=int(yva.numel()),
-                    dim=int(xtr.shape[1]),
-                    seconds=round(time.time() - t0, 3),
-                    iou=met["iou"],
-                )
+                r = _probe(probe, xtr, ytr, xva, yva, num_classes, linear_steps, seed, row)
                 results.append(r)
                 if progress:
                     print(
@@ -359,6 +326,51 @@ def run_probes(
                         flush=True,
                     )
     return results
+
+
+def _labelled(labels: torch.Tensor, split: str) -> torch.Tensor:
+    """Mask of the patches with a label; an error when there is none."""
+    ok = labels != IGNORE_INDEX
+    if int(ok.sum()) == 0:
+        raise ValueError(f"no labelled {split} patches (every patch's majority label is the ignore label)")
+    return ok
+
+
+def _without_top_variance(xtr: torch.Tensor, xva: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets without the ``m`` dimensions of highest variance over all training patch tokens."""
+    if not m:
+        return xtr, xva
+    dims = top_variance_dims(xtr, m)
+    return remove_dims(xtr, dims), remove_dims(xva, dims)
+
+
+def _probe(probe: str, xtr, ytr, xva, yva, num_classes: int, linear_steps: int, seed: int, row: dict) -> ProbeResult:
+    """Train one probe on the labelled training patches and score it on the validation patches; ``row`` names the
+    checkpoint, init, layer and ``remove_top_var`` of the result."""
+    import time
+
+    t0 = time.time()
+    if probe == "nn":
+        pred = nn_probe(xtr, ytr, xva)
+    elif probe == "linear":
+        pred = linear_probe(xtr, ytr, xva, num_classes, steps=linear_steps, seed=seed)
+    else:
+        raise ValueError(f"unknown probe {probe!r} (nn, linear)")
+    met = segmentation_metrics(pred, yva, num_classes)
+    return ProbeResult(
+        **row,
+        probe=probe,
+        miou=met["miou"],
+        acc=met["acc"],
+        macc=met["macc"],
+        num_classes=num_classes,
+        num_classes_present=met["num_classes_present"],
+        num_train_patches=int(ytr.numel()),
+        num_val_patches=int(yva.numel()),
+        dim=int(xtr.shape[1]),
+        seconds=round(time.time() - t0, 3),
+        iou=met["iou"],
+    )
 
 
 def probe_checkpoint(
@@ -448,3 +460,31 @@ def format_table(results: Sequence[ProbeResult]) -> str:
             f"{r.miou:>7.4f} {r.acc:>7.4f} {r.macc:>7.4f}"
         )
     return "\n".join(lines)
+
+
+def dense_probe_report(
+    checkpoint: str,
+    data: str,
+    out: str,
+    probe: str = "both",
+    size: int = 224,
+    batch_size: int = 8,
+    remove_top_var: Sequence[int] = (0,),
+    **options,
+) -> list[str]:
+    """``tools/probe_dense.py``: check the arguments, run :func:`probe_checkpoint` on the ADE-layout folder ``data``
+    (``probe``: ``nn``, ``linear`` or ``both``; ``options``: its other keyword arguments), write
+    ``probe_results.{csv,json}`` under ``out`` and return the lines to print."""
+    if size < 1 or batch_size < 1 or any(m < 0 for m in remove_top_var):
+        raise ValueError("--size/--batch-size must be positive, --remove-top-var >= 0")
+    results = probe_checkpoint(
+        checkpoint,
+        data,
+        size=size,
+        probes=("nn", "linear") if probe == "both" else (probe,),
+        remove_top_var=remove_top_var,
+        batch_size=batch_size,
+        **options,
+    )
+    csv_path, json_path = write_results(results, out)
+    return [format_table(results), f"wrote {csv_path}", f"wrote {json_path}"]

@@ -169,14 +169,9 @@ def _expect(c: CanonicalViT, name: str, tensor, shape: tuple) -> None:
         raise ConversionError(f"wrong shape for {c.src(name)!r}: got {tuple(tensor.shape)}, expected {tuple(shape)}")
 
 
-def validate(c: CanonicalViT) -> None:
-    """Check that every tensor the targets need is present with the shape the architecture implies."""
-    a = c.arch
-    d, h, p = a.embed_dim, a.mlp_hidden, a.patch_size
-    st = c.state
-    _expect(c, "patch_embed.proj.weight", st.get("patch_embed.proj.weight"), (d, a.in_chans, p, p))
-    _expect(c, "patch_embed.proj.bias", st.get("patch_embed.proj.bias"), (d,))
-    shapes = {
+def _block_shapes(d: int, h: int) -> dict:
+    """Shape of every block parameter for width ``d`` and MLP hidden size ``h``."""
+    return {
         "norm1.weight": (d,),
         "norm1.bias": (d,),
         "attn.qkv.weight": (3 * d, d),
@@ -192,6 +187,38 @@ def validate(c: CanonicalViT) -> None:
         "ls1.gamma": (d,),
         "ls2.gamma": (d,),
     }
+
+
+def validate(c: CanonicalViT) -> None:
+    """Check that every tensor the targets need is present with the shape the architecture implies."""
+    a = c.arch
+    d, p = a.embed_dim, a.patch_size
+    st = c.state
+    _expect(c, "patch_embed.proj.weight", st.get("patch_embed.proj.weight"), (d, a.in_chans, p, p))
+    _expect(c, "patch_embed.proj.bias", st.get("patch_embed.proj.bias"), (d,))
+    _validate_blocks(c)
+    if c.has_final_norm or "norm.bias" in st:
+        _expect(c, "norm.weight", st.get("norm.weight"), (d,))
+        _expect(c, "norm.bias", st.get("norm.bias"), (d,))
+    if c.cls_token is not None:
+        _expect(c, "cls_token", c.cls_token, (1, 1, d))
+    if c.cls_pos is not None:
+        _expect(c, "cls_pos", c.cls_pos, (1, 1, d))
+    if c.reg_token is not None:
+        if c.reg_token.ndim != 3 or c.reg_token.shape[0] != 1 or c.reg_token.shape[2] != d:
+            raise ConversionError(
+                f"wrong shape for {c.src('reg_token')!r}: got {tuple(c.reg_token.shape)}, expected (1, R, {d})"
+            )
+    pos = _validate_position(c)
+    for name, t in list(st.items()) + [("cls_token", c.cls_token), ("pos", pos)]:
+        if t is not None and not torch.isfinite(t).all():
+            raise ConversionError(f"non-finite values in {c.src(name)!r}")
+
+
+def _validate_blocks(c: CanonicalViT) -> None:
+    """Every block has every parameter (qkv bias and LayerScale where the model has them), none beyond depth."""
+    a, st = c.arch, c.state
+    shapes = _block_shapes(a.embed_dim, a.mlp_hidden)
     has_ls = c.has_layerscale
     for i in range(a.depth):
         for name, shape in shapes.items():
@@ -205,18 +232,11 @@ def validate(c: CanonicalViT) -> None:
     extra = [k for k in block_keys if int(k.split(".")[1]) >= a.depth]
     if extra:
         raise ConversionError(f"block keys beyond depth {a.depth}: {[c.src(k) for k in extra[:5]]}")
-    if c.has_final_norm or "norm.bias" in st:
-        _expect(c, "norm.weight", st.get("norm.weight"), (d,))
-        _expect(c, "norm.bias", st.get("norm.bias"), (d,))
-    if c.cls_token is not None:
-        _expect(c, "cls_token", c.cls_token, (1, 1, d))
-    if c.cls_pos is not None:
-        _expect(c, "cls_pos", c.cls_pos, (1, 1, d))
-    if c.reg_token is not None:
-        if c.reg_token.ndim != 3 or c.reg_token.shape[0] != 1 or c.reg_token.shape[2] != d:
-            raise ConversionError(
-                f"wrong shape for {c.src('reg_token')!r}: got {tuple(c.reg_token.shape)}, expected (1, R, {d})"
-            )
+
+
+def _validate_position(c: CanonicalViT) -> torch.Tensor:
+    """Exactly one patch position source, ``(1, D, h, w)`` (a field at least 2x2); returns it."""
+    d = c.arch.embed_dim
     if (c.pos_field is None) == (c.pos_grid is None):
         raise ConversionError(
             "missing position embedding: the source has neither a position field ('pos_field.field') nor a 'pos_embed'"
@@ -228,9 +248,7 @@ def validate(c: CanonicalViT) -> None:
         raise ConversionError(f"wrong shape for {c.src(name)!r}: got {tuple(pos.shape)}, expected (1, {d}, h, w)")
     if c.pos_field is not None and min(pos.shape[2:]) < 2:
         raise ConversionError(f"position field {c.src(name)!r} must be at least 2x2, got {tuple(pos.shape[2:])}")
-    for name, t in list(st.items()) + [("cls_token", c.cls_token), ("pos", pos)]:
-        if t is not None and not torch.isfinite(t).all():
-            raise ConversionError(f"non-finite values in {c.src(name)!r}")
+    return pos
 
 
 def fold_layerscale(c: CanonicalViT) -> CanonicalViT:

@@ -2,10 +2,11 @@
 
 The check runs on a random image at the target size (``grid * patch``), in fp32, and compares patch features:
 
-- ``detectron2``: ``detectron2.modeling.ViT`` (``window_size=0``, ``use_rel_pos=False``,
-  ``pretrain_img_size = grid * patch``, ``pretrain_use_cls_token=True``), output ``last_feat``, against the source
-  run WITHOUT CLS and register tokens (patch tokens + positions only), last block output before the final norm:
-  exactly what ViTDet computes from these weights.
+- ``detectron2``: ``detectron2.modeling.ViT`` built from :func:`transfer.vitdet.plain_vit.plain_vit_kwargs`
+  (``window_size=0``, ``use_rel_pos=False``, ``pretrain_img_size = grid * patch``,
+  ``pretrain_use_cls_token=True``), output ``last_feat``, against the source run WITHOUT CLS and register tokens
+  (patch tokens + positions only), last block output before the final norm: exactly what ViTDet computes from
+  these weights.
 - ``mmseg``: ``mmseg.models.backbones.VisionTransformer`` (``final_norm``, ``with_cls_token``, ``patch_bias=True``,
   LN eps from the source) output patch map, against the source's final-normed patch tokens with the CLS token
   (and without registers, which MMSeg cannot hold: only reachable with ``--drop-registers``).
@@ -25,6 +26,7 @@ order one, relative for checkpoints with large activations (real DINOv2 tokens r
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +34,10 @@ from functools import partial
 import torch
 from torch import nn
 
+from transfer.vitdet.plain_vit import plain_vit_kwargs
+
 from .canonical import CanonicalViT, ConversionError
+from .writers import D2_KEY_PREFIX, int_if_whole
 
 
 @dataclass
@@ -163,29 +168,29 @@ def source_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, fin
 # target backbones built by the target libraries themselves
 
 
-def build_detectron2(state: dict, meta: dict):
+def _target_class(target: str, module: str, name: str, package: str):
+    """The backbone class a target library provides; a :class:`ConversionError` naming the package if missing."""
     try:
-        from detectron2.modeling import ViT
+        return getattr(importlib.import_module(module), name)
     except ImportError as e:
-        raise ConversionError(f"the detectron2 check needs detectron2 ({e}); install it or pass --no-check") from None
+        raise ConversionError(f"the {target} check needs {package} ({e}); install it or pass --no-check") from None
+
+
+def build_detectron2(state: dict, meta: dict):
+    vit_cls = _target_class("detectron2", "detectron2.modeling", "ViT", "detectron2")
     gh, gw = meta["grid"]
     p = meta["patch_size"]
-    model = ViT(
+    kwargs = plain_vit_kwargs(
         img_size=gh * p,
         patch_size=p,
         embed_dim=meta["embed_dim"],
         depth=meta["depth"],
         num_heads=meta["num_heads"],
         mlp_ratio=meta["mlp_ratio"],
-        qkv_bias=True,
-        drop_path_rate=0.0,
-        norm_layer=partial(nn.LayerNorm, eps=meta["norm_eps"]),
-        window_size=0,
-        use_rel_pos=False,
-        pretrain_img_size=gh * p,
-        pretrain_use_cls_token=True,
-    ).eval()
-    prefix = meta.get("key_prefix", "backbone.net.")
+        norm_eps=meta["norm_eps"],
+    )
+    model = vit_cls(**kwargs).eval()
+    prefix = meta.get("key_prefix", D2_KEY_PREFIX)
     token_keys = {prefix + "cls_token", prefix + "reg_token"}  # only for the project's token-keeping backbone
     sd = {k[len(prefix) :]: v for k, v in state.items() if k not in token_keys}
     _load_strict(model, sd, "detectron2's ViT")
@@ -198,24 +203,17 @@ def build_detectron2(state: dict, meta: dict):
     return forward
 
 
-def _mmseg_int(x):
-    return int(x) if float(x).is_integer() else x
-
-
 def build_mmseg(state: dict, meta: dict):
-    try:
-        from mmseg.models.backbones import VisionTransformer
-    except ImportError as e:
-        raise ConversionError(f"the mmseg check needs mmsegmentation ({e}); install it or pass --no-check") from None
+    vit_cls = _target_class("mmseg", "mmseg.models.backbones", "VisionTransformer", "mmsegmentation")
     gh, gw = meta["grid"]
     p = meta["patch_size"]
-    model = VisionTransformer(
+    model = vit_cls(
         img_size=(gh * p, gw * p),
         patch_size=p,
         embed_dims=meta["embed_dim"],
         num_layers=meta["depth"],
         num_heads=meta["num_heads"],
-        mlp_ratio=_mmseg_int(meta["mlp_ratio"]),
+        mlp_ratio=int_if_whole(meta["mlp_ratio"]),
         qkv_bias=True,
         final_norm=meta["final_norm"],
         with_cls_token=meta["with_cls_token"],
@@ -260,6 +258,11 @@ def _load_strict(model: nn.Module, state: dict, what: str) -> None:
 TARGET_BUILDERS = {"detectron2": build_detectron2, "mmseg": build_mmseg, "timm": build_timm}
 # (with_cls, with_regs, final_norm) of the reference for each target
 REFERENCE_MODE = {"detectron2": (False, False, False), "mmseg": (True, False, True), "timm": (True, True, True)}
+REFERENCE_DESC = {
+    "detectron2": "no CLS/registers, before the final norm",
+    "mmseg": "CLS kept, no registers, final-normed",
+    "timm": "CLS and registers kept, final-normed",
+}
 
 
 def check_parity(
@@ -281,16 +284,11 @@ def check_parity(
         out = tgt_fn(img).float()
     if ref.shape != out.shape:
         raise ConversionError(f"parity check: target output {tuple(out.shape)} vs source {tuple(ref.shape)}")
-    parts = ["no CLS/registers, before the final norm"] if target == "detectron2" else []
-    if target == "mmseg":
-        parts = ["CLS kept, no registers, final-normed"]
-    if target == "timm":
-        parts = ["CLS and registers kept, final-normed"]
     return ParityResult(
         target=target,
         max_abs_diff=float((ref - out).abs().max()),
         ref_scale=float(ref.abs().max()),
         tol=tol,
         seconds=time.time() - t0,
-        reference=f"{ref_desc} ({parts[0]}) on {batch}x{img.shape[1]}x{gh * p}x{gw * p}",
+        reference=f"{ref_desc} ({REFERENCE_DESC[target]}) on {batch}x{img.shape[1]}x{gh * p}x{gw * p}",
     )

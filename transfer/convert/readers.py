@@ -45,6 +45,7 @@ from .canonical import (
     split_pos_embed,
     validate,
 )
+from .metadata import check_meta_agrees
 
 FORMATS = ("ours", "dinov2", "timm", "mae")
 # preference order: the EMA teacher first; "backbone" for nested {"teacher": {"backbone": {...}, "dino_head": ...}}
@@ -418,29 +419,10 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
     )
     a = c.arch
     if arch_meta:
-        for key in ("embed_dim", "depth", "patch_size"):
-            if key in arch_meta and int(arch_meta[key]) != getattr(a, key):
-                raise ConversionError(
-                    f"meta['arch']['{key}'] = {arch_meta[key]} disagrees with the weights ({getattr(a, key)})"
-                )
+        check_meta_agrees(arch_meta, {k: getattr(a, k) for k in ("embed_dim", "depth", "patch_size")}, "meta['arch']")
         vit_cfg = dict(arch_meta)
-    else:  # a training checkpoint: rebuild the config from the shapes
-        vit_cfg = dict(
-            embed_dim=a.embed_dim,
-            depth=a.depth,
-            num_heads=a.num_heads,
-            patch_size=a.patch_size,
-            mlp_ratio=a.mlp_ratio,
-            qkv_bias=any(k.endswith("attn.qkv.bias") for k in u.state),
-            layerscale=1e-5 if c.has_layerscale else None,
-            num_register_tokens=c.num_registers,
-            norm_eps=a.norm_eps,
-            pos_field=c.pos_field is not None,
-        )
-        if c.pos_field is not None:
-            vit_cfg["pos_field_size"] = list(c.pos_field.shape[2:])
-        else:
-            vit_cfg["img_size"] = int(c.pos_grid.shape[2]) * a.patch_size
+    else:
+        vit_cfg = _vit_config_from_shapes(c, u)
         c.notes.append("training checkpoint without metadata: architecture inferred from the tensor shapes")
     if opts.num_heads is not None:
         vit_cfg["num_heads"] = opts.num_heads
@@ -456,6 +438,24 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
     }
     c.source_meta = {"vit_config": vit_cfg, "source_state": backbone_state, "meta": meta}
     return c
+
+
+def _vit_config_from_shapes(c: CanonicalViT, u: Unwrapped) -> dict:
+    """Our ``ViTConfig`` fields for a training checkpoint without metadata, from what its tensors show."""
+    a = c.arch
+    vit_cfg = {k: getattr(a, k) for k in ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")}
+    vit_cfg.update(
+        qkv_bias=any(k.endswith("attn.qkv.bias") for k in u.state),
+        layerscale=1e-5 if c.has_layerscale else None,
+        num_register_tokens=c.num_registers,
+        norm_eps=a.norm_eps,
+        pos_field=c.pos_field is not None,
+    )
+    if c.pos_field is not None:
+        vit_cfg["pos_field_size"] = list(c.pos_field.shape[2:])
+    else:
+        vit_cfg["img_size"] = int(c.pos_grid.shape[2]) * a.patch_size
+    return vit_cfg
 
 
 def _imagenet_reader(fmt: str, note: str, doc: str):

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from transfer.vitdet.plain_vit import plain_vit_kwargs
+
 from .canonical import CANONICAL_BLOCK_PARAMS, CanonicalViT, ConversionError, patch_pos_at
 
 TARGETS = ("detectron2", "mmseg", "timm")
@@ -35,7 +37,10 @@ DEFAULT_GRIDS = {"detectron2": (64, 64), "mmseg": (32, 32), "timm": (14, 14)}  #
 CONVERTER = "ssl-vit-toolkit/convert"
 CONVERTER_VERSION = 1
 
-_BLOCK_MMSEG = {
+#: Key prefix of the ViT inside a detectron2 model (``model.backbone.net``).
+D2_KEY_PREFIX = "backbone.net."
+#: Canonical block parameter -> MMSeg ``VisionTransformer`` layer parameter (vit2mmseg names).
+MMSEG_BLOCK_KEYS = {
     "norm1.weight": "ln1.weight",
     "norm1.bias": "ln1.bias",
     "attn.qkv.weight": "attn.attn.in_proj_weight",
@@ -49,6 +54,13 @@ _BLOCK_MMSEG = {
     "mlp.fc2.weight": "ffn.layers.1.weight",
     "mlp.fc2.bias": "ffn.layers.1.bias",
 }
+#: Canonical block parameter -> detectron2 / timm block parameter (the same names).
+SAME_BLOCK_KEYS = {k: k for k in CANONICAL_BLOCK_PARAMS}
+
+
+def int_if_whole(x: float) -> int | float:
+    """``4.0 -> 4``, other values unchanged (MMSeg builds ``Linear(D, mlp_ratio * D)`` and needs an int ratio)."""
+    return int(x) if float(x).is_integer() else x
 
 
 @dataclass
@@ -61,6 +73,44 @@ class WriteResult:
     mapped: list = field(default_factory=list)  # (canonical name, target key)
     dropped: list = field(default_factory=list)  # (canonical name, reason)
     notes: list = field(default_factory=list)
+
+
+@dataclass
+class _TargetState:
+    """A target state dict under construction, with what the summary reports about it."""
+
+    prefix: str = ""
+    state: dict = field(default_factory=dict)
+    mapped: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def put(self, name: str, key: str, t: torch.Tensor) -> None:
+        """Write canonical entry ``name`` as target key ``prefix + key`` (float32, contiguous, a copy)."""
+        self.state[self.prefix + key] = _f32(t)
+        self.mapped.append((name, self.prefix + key))
+
+    def put_patch_embed(self, c: CanonicalViT, key: str) -> None:
+        """The patch embedding as ``<key>.weight`` / ``<key>.bias``."""
+        for part in ("weight", "bias"):
+            self.put(f"patch_embed.proj.{part}", f"{key}.{part}", c.state[f"patch_embed.proj.{part}"])
+
+    def put_blocks(self, c: CanonicalViT, block_keys: dict, layer: str = "blocks") -> None:
+        """Every block parameter ``k`` as ``<layer>.<i>.<block_keys[k]>``."""
+        for i in range(c.arch.depth):
+            for k, v in block_keys.items():
+                self.put(f"blocks.{i}.{k}", f"{layer}.{i}.{v}", c.state[f"blocks.{i}.{k}"])
+
+    def result(self, state_key: str, meta: dict) -> WriteResult:
+        """``{state_key: state, "meta": meta}`` and its bookkeeping."""
+        return WriteResult(
+            obj={state_key: self.state, "meta": meta},
+            state=self.state,
+            meta=meta,
+            mapped=self.mapped,
+            dropped=self.dropped,
+            notes=self.notes,
+        )
 
 
 def _check_ready(c: CanonicalViT, grid) -> tuple[int, int]:
@@ -139,28 +189,41 @@ def write_detectron2(
             f"detectron2 needs a square grid (its get_abs_pos assumes a square pos_embed), got {gh}x{gw}"
         )
     keep_regs = _registers_policy(c, "detectron2", keep_tokens, drop_registers)
-    p = "backbone.net."
-    sd, mapped, dropped = {}, [], []
-
-    def put(name, key, t):
-        sd[p + key] = _f32(t)
-        mapped.append((name, p + key))
-
-    put("patch_embed.proj.weight", "patch_embed.proj.weight", c.state["patch_embed.proj.weight"])
-    put("patch_embed.proj.bias", "patch_embed.proj.bias", c.state["patch_embed.proj.bias"])
-    put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
-    for i in range(c.arch.depth):
-        for k in CANONICAL_BLOCK_PARAMS:
-            put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
+    out = _TargetState(prefix=D2_KEY_PREFIX)
+    out.put_patch_embed(c, "patch_embed.proj")
+    out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    out.put_blocks(c, SAME_BLOCK_KEYS)
     for k in ("norm.weight", "norm.bias"):
         if k in c.state:
-            dropped.append((k, "detectron2 ViT has no final norm"))
+            out.dropped.append((k, "detectron2 ViT has no final norm"))
+    cls_kept = _detectron2_tokens(c, out, keep_tokens, keep_regs)
+    meta = _base_meta(c, "detectron2", (gh, gw))
+    # the plain-ViT constructor arguments the file is meant for (transfer.vitdet.plain_vit)
+    vit = plain_vit_kwargs(
+        img_size=gh * c.arch.patch_size,
+        patch_size=c.arch.patch_size,
+        embed_dim=c.arch.embed_dim,
+        depth=c.arch.depth,
+        num_heads=c.arch.num_heads,
+    )
+    meta.update(
+        num_register_tokens=c.num_registers if keep_regs else 0,
+        cls_token_kept=cls_kept,
+        final_norm=False,
+        **{k: vit[k] for k in ("pretrain_img_size", "pretrain_use_cls_token", "use_rel_pos", "window_size")},
+        key_prefix=D2_KEY_PREFIX,
+    )
+    return out.result("model", meta)
+
+
+def _detectron2_tokens(c: CanonicalViT, out: _TargetState, keep_tokens: bool, keep_regs: bool) -> bool:
+    """CLS and register tokens of the detectron2 target (kept only with ``--keep-tokens``); whether CLS is kept."""
     cls_kept = bool(keep_tokens and c.cls_token is not None)
     if c.cls_token is not None:
         if cls_kept:
-            put("cls_token", "cls_token", c.cls_token)
+            out.put("cls_token", "cls_token", c.cls_token)
         else:
-            dropped.append(
+            out.dropped.append(
                 (
                     "cls_token",
                     "detectron2 ViT has no CLS token (pos_embed keeps the CLS slot only as "
@@ -169,70 +232,46 @@ def write_detectron2(
             )
     if c.num_registers:
         if keep_regs:
-            put("reg_token", "reg_token", c.reg_token)
+            out.put("reg_token", "reg_token", c.reg_token)
         else:
-            dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
-    notes = []
+            out.dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
     if cls_kept or keep_regs:
-        notes.append(
+        out.notes.append(
             "--keep-tokens: backbone.net.cls_token/reg_token are for the project's token-keeping SDPA backbone; "
             "detectron2's own ViT ignores them (the check covers every other key)"
         )
     if c.num_registers and not keep_regs:
-        notes.append("registers dropped: the check compares with the source run without registers")
-    meta = _base_meta(c, "detectron2", (gh, gw))
-    meta.update(
-        num_register_tokens=c.num_registers if keep_regs else 0,
-        cls_token_kept=cls_kept,
-        final_norm=False,
-        pretrain_img_size=gh * c.arch.patch_size,
-        pretrain_use_cls_token=True,
-        use_rel_pos=False,
-        window_size=0,
-        key_prefix=p,
-    )
-    return WriteResult(
-        obj={"model": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
-    )
+        out.notes.append("registers dropped: the check compares with the source run without registers")
+    return cls_kept
 
 
 def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
     """MMSeg ``VisionTransformer`` state dict (vit2mmseg names) inside ``{"state_dict", "meta"}``."""
     gh, gw = _check_ready(c, grid)
     _registers_policy(c, "mmseg", False, drop_registers)
-    sd, mapped, dropped = {}, [], []
-
-    def put(name, key, t):
-        sd[key] = _f32(t)
-        mapped.append((name, key))
-
-    put("patch_embed.proj.weight", "patch_embed.projection.weight", c.state["patch_embed.proj.weight"])
-    put("patch_embed.proj.bias", "patch_embed.projection.bias", c.state["patch_embed.proj.bias"])
+    out = _TargetState()
+    out.put_patch_embed(c, "patch_embed.projection")
     d = c.arch.embed_dim
     with_cls = c.cls_token is not None
-    notes = []
     if with_cls:
-        put("cls_token", "cls_token", c.cls_token)
+        out.put("cls_token", "cls_token", c.cls_token)
     else:
-        sd["cls_token"] = torch.zeros(1, 1, d)
-        notes.append("no CLS token in the source: zeros written and meta with_cls_token=False")
-    put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
-    for i in range(c.arch.depth):
-        for k, v in _BLOCK_MMSEG.items():
-            put(f"blocks.{i}.{k}", f"layers.{i}.{v}", c.state[f"blocks.{i}.{k}"])
+        out.state["cls_token"] = torch.zeros(1, 1, d)
+        out.notes.append("no CLS token in the source: zeros written and meta with_cls_token=False")
+    out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    out.put_blocks(c, MMSEG_BLOCK_KEYS, layer="layers")
     final_norm = c.has_final_norm
     if final_norm:
-        put("norm.weight", "ln1.weight", c.state["norm.weight"])
-        put("norm.bias", "ln1.bias", c.state["norm.bias"])
+        out.put("norm.weight", "ln1.weight", c.state["norm.weight"])
+        out.put("norm.bias", "ln1.bias", c.state["norm.bias"])
     else:
-        notes.append("the source has no final norm: meta final_norm=False")
+        out.notes.append("the source has no final norm: meta final_norm=False")
     if c.num_registers:
-        dropped.append(("reg_token", "MMSeg VisionTransformer has no register tokens (--drop-registers)"))
-        notes.append("registers dropped: the check compares with the source run without registers")
+        out.dropped.append(("reg_token", "MMSeg VisionTransformer has no register tokens (--drop-registers)"))
+        out.notes.append("registers dropped: the check compares with the source run without registers")
     meta = _base_meta(c, "mmseg", (gh, gw))
-    ratio = c.arch.mlp_ratio
     meta.update(
-        mlp_ratio=int(ratio) if float(ratio).is_integer() else ratio,  # MMSeg builds Linear(D, mlp_ratio * D)
+        mlp_ratio=int_if_whole(c.arch.mlp_ratio),
         embed_dims=d,
         num_layers=c.arch.depth,
         num_register_tokens=0,
@@ -242,9 +281,7 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         patch_bias=True,
         interpolate_mode="bicubic",
     )
-    return WriteResult(
-        obj={"state_dict": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
-    )
+    return out.result("state_dict", meta)
 
 
 def timm_kwargs(c: CanonicalViT, grid, keep_regs: bool) -> dict:
@@ -273,34 +310,26 @@ def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens:
     """timm ``VisionTransformer`` state dict (registers kept unless ``--drop-registers``)."""
     gh, gw = _check_ready(c, grid)
     keep_regs = bool(c.num_registers) and not drop_registers
-    sd, mapped, dropped, notes = {}, [], [], []
-
-    def put(name, key, t):
-        sd[key] = _f32(t)
-        mapped.append((name, key))
-
-    put("patch_embed.proj.weight", "patch_embed.proj.weight", c.state["patch_embed.proj.weight"])
-    put("patch_embed.proj.bias", "patch_embed.proj.bias", c.state["patch_embed.proj.bias"])
+    out = _TargetState()
+    out.put_patch_embed(c, "patch_embed.proj")
     if c.cls_token is not None:
-        put("cls_token", "cls_token", c.cls_token)
+        out.put("cls_token", "cls_token", c.cls_token)
         pos = _pos_embed(c, (gh, gw), extra_zero_slots=c.num_registers if keep_regs else 0)
     else:
         patch = patch_pos_at(c, (gh, gw))
         zeros = torch.zeros(1, c.num_registers if keep_regs else 0, patch.shape[-1])
         pos = torch.cat([zeros, patch], dim=1)
     if keep_regs:
-        put("reg_token", "reg_token", c.reg_token)
+        out.put("reg_token", "reg_token", c.reg_token)
     elif c.num_registers:
-        dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
-    put("pos", "pos_embed", pos)
-    for i in range(c.arch.depth):
-        for k in CANONICAL_BLOCK_PARAMS:
-            put(f"blocks.{i}.{k}", f"blocks.{i}.{k}", c.state[f"blocks.{i}.{k}"])
+        out.dropped.append(("reg_token", "register tokens dropped (--drop-registers)"))
+    out.put("pos", "pos_embed", pos)
+    out.put_blocks(c, SAME_BLOCK_KEYS)
     if c.has_final_norm:
-        put("norm.weight", "norm.weight", c.state["norm.weight"])
-        put("norm.bias", "norm.bias", c.state["norm.bias"])
+        out.put("norm.weight", "norm.weight", c.state["norm.weight"])
+        out.put("norm.bias", "norm.bias", c.state["norm.bias"])
     if c.arch.norm_eps != 1e-6:
-        notes.append(f"norm_eps={c.arch.norm_eps}: build timm with norm_layer=partial(nn.LayerNorm, eps=...)")
+        out.notes.append(f"norm_eps={c.arch.norm_eps}: build timm with norm_layer=partial(nn.LayerNorm, eps=...)")
     meta = _base_meta(c, "timm", (gh, gw))
     meta.update(
         num_register_tokens=c.num_registers if keep_regs else 0,
@@ -308,9 +337,7 @@ def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens:
         final_norm=c.has_final_norm,
         timm_kwargs=timm_kwargs(c, (gh, gw), keep_regs),
     )
-    return WriteResult(
-        obj={"state_dict": sd, "meta": meta}, state=sd, meta=meta, mapped=mapped, dropped=dropped, notes=notes
-    )
+    return out.result("state_dict", meta)
 
 
 WRITERS = {"detectron2": write_detectron2, "mmseg": write_mmseg, "timm": write_timm}

@@ -6,9 +6,10 @@ What lives here, and nothing else:
   (so ``torch.load``'s ``weights_only=True`` default does not break ``resume``), and register mmseg's modules.
 * :func:`load_converted_checkpoint` — read a converter-produced MMSeg-target file
   (``{"state_dict": {...MMSeg VisionTransformer keys...}, "meta": {...}}``) and check its format.
-* :func:`apply_checkpoint_to_config` — point ``model.backbone.init_cfg`` at that file and make the config's
-  backbone agree with it: either **adapt** the dimensions to the checkpoint's metadata (toy configs,
-  ``adapt_backbone_to_checkpoint = True``) or **check** them and fail on any mismatch (the paper's configs).
+* :func:`adapt_config_to_checkpoint` / :func:`check_config_against_checkpoint` — point
+  ``model.backbone.init_cfg`` at that file and make the config's backbone agree with it: either **adapt** the
+  dimensions to the checkpoint (toy configs) or **check** them and fail on any mismatch (the paper's configs);
+  :func:`apply_checkpoint_to_config` picks one by the config's ``adapt_backbone_to_checkpoint``.
 * :func:`verify_backbone_loaded` — after ``init_weights``, compare every backbone tensor with the file.
   MMSeg's ``VisionTransformer.init_weights`` loads with ``strict=False`` and silently drops what does not
   match (a renamed key, a ``backbone.`` prefix, the patch bias when ``patch_bias=False``); this function
@@ -20,16 +21,15 @@ What lives here, and nothing else:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
-from transfer.checkpoint_compat import allow_framework_checkpoint_globals
-
-#: ImageNet normalisation in 0..255 units (what our pretraining uses).
+from transfer.checkpoint_compat import allow_framework_checkpoint_globals, labelled_problems
+from transfer.convert.canonical import ConversionError
+from transfer.convert.metadata import read_architecture
 
 _SETUP_DONE = False
 
@@ -86,63 +86,40 @@ def load_converted_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[
     return state_dict, meta
 
 
+#: MMSeg ``VisionTransformer`` argument (or check) -> :class:`~transfer.convert.metadata.ConvertedArch` field.
+_MMSEG_ARCH_FIELDS = {
+    "embed_dims": "embed_dim",
+    "num_layers": "depth",
+    "num_heads": "num_heads",
+    "patch_size": "patch_size",
+    "grid": "grid",
+    "mlp_ratio": "mlp_ratio",
+    "patch_bias": "patch_bias",
+    "final_norm": "final_norm",
+}
+
+
 def architecture_from_checkpoint(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Derive the backbone architecture from tensor shapes and cross-check it against ``meta``.
+    """The backbone architecture, from tensor shapes cross-checked against ``meta``
+    (:func:`transfer.convert.metadata.read_architecture`).
 
     Returns ``dict(embed_dims, num_layers, num_heads, patch_size, grid=(gh, gw), mlp_ratio, patch_bias,
     final_norm)``. ``num_heads`` cannot be read from shapes and comes from ``meta["num_heads"]``.
     """
-    proj = state_dict["patch_embed.projection.weight"]
-    embed_dims, _, ph, pw = proj.shape
-    if ph != pw:
-        raise CheckpointLoadError(f"non-square patch kernel {tuple(proj.shape)} is not supported")
-    layer_ids = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.")}
-    num_layers = max(layer_ids) + 1 if layer_ids else 0
-    if sorted(layer_ids) != list(range(num_layers)):
-        raise CheckpointLoadError(f"layer indices are not contiguous: {sorted(layer_ids)}")
-    fc1 = state_dict.get("layers.0.ffn.layers.0.0.weight")
-    mlp_ratio = 4
-    if fc1 is not None:
-        if fc1.shape[0] % embed_dims:
-            raise CheckpointLoadError(
-                f"MLP hidden size {fc1.shape[0]} is not a multiple of embed_dim {embed_dims} "
-                "(mmseg needs an int mlp_ratio)"
-            )
-        mlp_ratio = fc1.shape[0] // embed_dims
-    if "pos_embed" not in state_dict:
-        raise CheckpointLoadError("no 'pos_embed' key: the converter must materialise the position field")
-    n_tokens = state_dict["pos_embed"].shape[1] - 1
-    grid = meta.get("grid")
-    if grid is not None:
-        gh, gw = int(grid[0]), int(grid[1])
-        if gh * gw != n_tokens:
-            raise CheckpointLoadError(f"meta grid {gh}x{gw} does not match pos_embed with {n_tokens} patch tokens")
-    else:
-        side = int(round(math.sqrt(n_tokens)))
-        if side * side != n_tokens:
-            raise CheckpointLoadError(f"pos_embed has {n_tokens} patch tokens (not square) and meta has no 'grid'")
-        gh = gw = side
-    arch = dict(
-        embed_dims=int(embed_dims),
-        num_layers=int(num_layers),
-        num_heads=meta.get("num_heads"),
-        patch_size=int(ph),
-        grid=(gh, gw),
-        mlp_ratio=mlp_ratio,
-        patch_bias="patch_embed.projection.bias" in state_dict,
-        final_norm="ln1.weight" in state_dict,
-    )
-    for meta_key, arch_key in (("embed_dim", "embed_dims"), ("depth", "num_layers"), ("patch_size", "patch_size")):
-        if meta_key in meta and int(meta[meta_key]) != arch[arch_key]:
-            raise CheckpointLoadError(
-                f"meta[{meta_key!r}]={meta[meta_key]} disagrees with the tensors ({arch_key}={arch[arch_key]})"
-            )
-    if arch["num_heads"] is None:
+    try:
+        a = read_architecture(state_dict, meta, "mmseg")
+    except ConversionError as e:
+        raise CheckpointLoadError(str(e)) from None
+    if not isinstance(a.mlp_ratio, int):
+        raise CheckpointLoadError(
+            f"MLP hidden size {round(a.mlp_ratio * a.embed_dim)} is not a multiple of embed_dim {a.embed_dim} "
+            "(mmseg needs an int mlp_ratio)"
+        )
+    if a.num_heads is None:
         raise CheckpointLoadError("meta has no 'num_heads' (it cannot be derived from tensor shapes)")
-    arch["num_heads"] = int(arch["num_heads"])
-    if embed_dims % arch["num_heads"]:
-        raise CheckpointLoadError(f"embed_dim {embed_dims} is not divisible by num_heads {arch['num_heads']}")
-    return arch
+    if a.embed_dim % a.num_heads:
+        raise CheckpointLoadError(f"embed_dim {a.embed_dim} is not divisible by num_heads {a.num_heads}")
+    return {mmseg_name: getattr(a, field) for mmseg_name, field in _MMSEG_ARCH_FIELDS.items()}
 
 
 def _norm_to_255(values: Iterable[float]) -> list[float]:
@@ -153,63 +130,99 @@ def _norm_to_255(values: Iterable[float]) -> list[float]:
 # ----------------------------------------------------------------------------------------------------------
 # config surgery
 # ----------------------------------------------------------------------------------------------------------
-def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: bool | None = None) -> dict[str, Any]:
-    """Point the config's backbone at ``ckpt_path`` and make its architecture agree with the checkpoint.
+def apply_checkpoint_to_config(cfg, ckpt_path: str) -> dict[str, Any]:
+    """Point the config's backbone at ``ckpt_path`` the way the config asks: :func:`adapt_config_to_checkpoint`
+    when it sets ``adapt_backbone_to_checkpoint = True`` (the toy configs), else
+    :func:`check_config_against_checkpoint` (the paper's configs)."""
+    if cfg.get("adapt_backbone_to_checkpoint", False):
+        return adapt_config_to_checkpoint(cfg, ckpt_path)
+    return check_config_against_checkpoint(cfg, ckpt_path)
 
-    Args:
-        cfg: an ``mmengine.Config`` with an ``EncoderDecoder`` model on a ``VisionTransformer`` backbone.
-        ckpt_path: converted MMSeg-target checkpoint.
-        adapt: set the backbone's ``embed_dims``, ``num_layers``, ``num_heads``, ``patch_size``, ``img_size``,
-            ``mlp_ratio`` and the decode head's ``in_channels``/``channels`` from the checkpoint (True), or check
-            them and raise :class:`CheckpointLoadError` on any mismatch (False). ``None`` reads the config key
-            ``adapt_backbone_to_checkpoint`` (default False).
 
-    Returns the architecture dict of :func:`architecture_from_checkpoint` plus ``meta``.
+def adapt_config_to_checkpoint(cfg, ckpt_path: str) -> dict[str, Any]:
+    """Point the backbone at ``ckpt_path`` and take its architecture from the checkpoint.
+
+    Sets the backbone's ``embed_dims``, ``num_layers``, ``num_heads``, ``patch_size``, ``img_size``, ``mlp_ratio``
+    and the decode head's ``in_channels``/``channels``, and (when they differ) ``with_cls_token`` and the LN eps
+    the converter recorded. Still raises :class:`CheckpointLoadError` when ``patch_bias``/``final_norm`` or the
+    normalisation disagree. Returns the architecture dict of :func:`architecture_from_checkpoint` plus ``meta``
+    and ``img_size``.
     """
+    ckpt_path, meta, arch, wanted = _read_for_config(cfg, ckpt_path)
+    backbone, head = cfg.model.backbone, cfg.model.decode_head
+    for k, v in wanted.items():
+        backbone[k] = v
+    head["in_channels"] = arch["embed_dims"]
+    head["channels"] = arch["embed_dims"]
+    _check_structural_flags(backbone, arch)
+    if _converter_flag_mismatches(backbone, meta):
+        if meta.get("with_cls_token") is not None:
+            backbone["with_cls_token"] = bool(meta["with_cls_token"])
+        if meta.get("norm_eps") is not None:
+            backbone["norm_cfg"] = dict(backbone.get("norm_cfg") or dict(type="LN"), eps=float(meta["norm_eps"]))
+    return _point_backbone_at(cfg, ckpt_path, arch, meta, wanted["img_size"])
+
+
+def check_config_against_checkpoint(cfg, ckpt_path: str) -> dict[str, Any]:
+    """Point the backbone at ``ckpt_path`` after checking that the config's backbone and decode head match it.
+
+    Raises :class:`CheckpointLoadError` listing every mismatch (dimensions, ``img_size``, head channels,
+    ``patch_bias``/``final_norm``, ``with_cls_token``, LN eps, normalisation). Returns what
+    :func:`adapt_config_to_checkpoint` returns.
+    """
+    ckpt_path, meta, arch, wanted = _read_for_config(cfg, ckpt_path)
+    backbone, head = cfg.model.backbone, cfg.model.decode_head
+    errors = []
+    for k, v in wanted.items():
+        have = backbone.get(k, 4 if k == "mlp_ratio" else None)
+        if k == "img_size":
+            have = (have, have) if isinstance(have, int) else tuple(have)
+        if have != v:
+            errors.append(f"backbone.{k}: config {have} vs checkpoint {v}")
+    for k in ("in_channels", "channels"):
+        if head.get(k) != arch["embed_dims"]:
+            errors.append(f"decode_head.{k}: config {head.get(k)} vs checkpoint embed dim {arch['embed_dims']}")
+    if errors:
+        raise CheckpointLoadError(
+            f"{ckpt_path} does not fit the config:\n  "
+            + "\n  ".join(errors)
+            + "\n(re-convert at the config's grid, e.g. 32x32 for 512 input, or use a config that matches; "
+            "toy configs set adapt_backbone_to_checkpoint=True)"
+        )
+    _check_structural_flags(backbone, arch)
+    flag_errors = _converter_flag_mismatches(backbone, meta)
+    if flag_errors:
+        raise CheckpointLoadError(
+            f"{ckpt_path} was converted for a different backbone:\n  "
+            + "\n  ".join(flag_errors)
+            + "\n(override model.backbone.* with --cfg-options if this is intended)"
+        )
+    return _point_backbone_at(cfg, ckpt_path, arch, meta, wanted["img_size"])
+
+
+def _read_for_config(cfg, ckpt_path: str) -> tuple[str, dict, dict, dict]:
+    """``(absolute path, meta, architecture, backbone settings it implies)`` for a ``VisionTransformer`` config."""
     ckpt_path = os.path.abspath(ckpt_path)
     state_dict, meta = load_converted_checkpoint(ckpt_path)
     arch = architecture_from_checkpoint(state_dict, meta)
-    if adapt is None:
-        adapt = bool(cfg.get("adapt_backbone_to_checkpoint", False))
     backbone = cfg.model.backbone
-    head = cfg.model.decode_head
     if backbone.get("type") != "VisionTransformer":
         raise CheckpointLoadError(f"expected a VisionTransformer backbone, config has {backbone.get('type')}")
     gh, gw = arch["grid"]
     p = arch["patch_size"]
-    img_size = (gh * p, gw * p)
     wanted = dict(
         embed_dims=arch["embed_dims"],
         num_layers=arch["num_layers"],
         num_heads=arch["num_heads"],
         patch_size=p,
-        img_size=img_size,
+        img_size=(gh * p, gw * p),
         mlp_ratio=arch["mlp_ratio"],
     )
-    if adapt:
-        for k, v in wanted.items():
-            backbone[k] = v
-        head["in_channels"] = arch["embed_dims"]
-        head["channels"] = arch["embed_dims"]
-    else:
-        errors = []
-        for k, v in wanted.items():
-            have = backbone.get(k, 4 if k == "mlp_ratio" else None)
-            if k == "img_size":
-                have = (have, have) if isinstance(have, int) else tuple(have)
-            if have != v:
-                errors.append(f"backbone.{k}: config {have} vs checkpoint {v}")
-        for k in ("in_channels", "channels"):
-            if head.get(k) != arch["embed_dims"]:
-                errors.append(f"decode_head.{k}: config {head.get(k)} vs checkpoint embed dim {arch['embed_dims']}")
-        if errors:
-            raise CheckpointLoadError(
-                f"{ckpt_path} does not fit the config:\n  "
-                + "\n  ".join(errors)
-                + "\n(re-convert at the config's grid, e.g. 32x32 for 512 input, or use a config that matches; "
-                "toy configs set adapt_backbone_to_checkpoint=True)"
-            )
-    # Structural flags that, when wrong, make mmseg drop tensors silently.
+    return ckpt_path, meta, arch, wanted
+
+
+def _check_structural_flags(backbone, arch: dict) -> None:
+    """Flags that, when wrong, make mmseg drop tensors silently: ``patch_bias`` and ``final_norm``."""
     if arch["patch_bias"] and not backbone.get("patch_bias", False):
         raise CheckpointLoadError(
             "the checkpoint has patch_embed.projection.bias but the config has patch_bias=False "
@@ -220,26 +233,21 @@ def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: bool | None = None) -
             f"checkpoint final norm (ln1.*) present={arch['final_norm']} but config final_norm="
             f"{backbone.get('final_norm', False)}"
         )
-    # Flags the converter records in meta (absent in foreign files: then nothing to compare).
-    flag_errors = []
+
+
+def _converter_flag_mismatches(backbone, meta: Mapping[str, Any]) -> list[str]:
+    """Flags the converter records in meta (absent in foreign files: then nothing to compare) that differ."""
+    errors = []
     if meta.get("with_cls_token") is not None and bool(meta["with_cls_token"]) != bool(backbone.get("with_cls_token")):
-        flag_errors.append(
-            f"with_cls_token: config {backbone.get('with_cls_token')} vs checkpoint {meta['with_cls_token']}"
-        )
+        errors.append(f"with_cls_token: config {backbone.get('with_cls_token')} vs checkpoint {meta['with_cls_token']}")
     eps = (backbone.get("norm_cfg") or {}).get("eps", 1e-5)
     if meta.get("norm_eps") is not None and abs(float(meta["norm_eps"]) - float(eps)) > 1e-12:
-        flag_errors.append(f"norm_cfg.eps: config {eps} vs checkpoint {meta['norm_eps']}")
-    if flag_errors and adapt:
-        if meta.get("with_cls_token") is not None:
-            backbone["with_cls_token"] = bool(meta["with_cls_token"])
-        if meta.get("norm_eps") is not None:
-            backbone["norm_cfg"] = dict(backbone.get("norm_cfg") or dict(type="LN"), eps=float(meta["norm_eps"]))
-    elif flag_errors:
-        raise CheckpointLoadError(
-            f"{ckpt_path} was converted for a different backbone:\n  "
-            + "\n  ".join(flag_errors)
-            + "\n(override model.backbone.* with --cfg-options if this is intended)"
-        )
+        errors.append(f"norm_cfg.eps: config {eps} vs checkpoint {meta['norm_eps']}")
+    return errors
+
+
+def _point_backbone_at(cfg, ckpt_path: str, arch: dict, meta: dict, img_size: tuple[int, int]) -> dict[str, Any]:
+    """Check the normalisation, set ``init_cfg = Pretrained(ckpt_path)``; the architecture with ``meta``."""
     if meta.get("mean") is not None and meta.get("std") is not None:
         pre = cfg.model.data_preprocessor
         m_ck, s_ck = _norm_to_255(meta["mean"]), _norm_to_255(meta["std"])
@@ -249,6 +257,7 @@ def apply_checkpoint_to_config(cfg, ckpt_path: str, adapt: bool | None = None) -
                 f"checkpoint normalisation mean={m_ck} std={s_ck} differs from the config's data_preprocessor "
                 f"mean={m_cf} std={s_cf}: set model.data_preprocessor.mean/std to the checkpoint's values"
             )
+    backbone = cfg.model.backbone
     backbone["init_cfg"] = dict(type="Pretrained", checkpoint=ckpt_path)
     backbone.pop("pretrained", None)
     cfg.model["pretrained"] = None
@@ -287,15 +296,14 @@ def verify_backbone_loaded(backbone: torch.nn.Module, ckpt: Any) -> int:
         elif not torch.equal(model_sd[k].detach().cpu(), v.to(model_sd[k].dtype)):
             wrong_value.append(k)
     not_from_file = [k for k in model_sd if k not in state_dict]
-    problems = []
-    if not_in_model:
-        problems.append(f"file keys the backbone does not have (silently dropped by strict=False): {not_in_model}")
-    if wrong_shape:
-        problems.append(f"shape mismatches: {wrong_shape}")
-    if wrong_value:
-        problems.append(f"backbone tensors that differ from the file after loading: {wrong_value}")
-    if not_from_file:
-        problems.append(f"backbone parameters/buffers not initialised from the file: {not_from_file}")
+    problems = labelled_problems(
+        [
+            ("file keys the backbone does not have (silently dropped by strict=False)", not_in_model),
+            ("shape mismatches", wrong_shape),
+            ("backbone tensors that differ from the file after loading", wrong_value),
+            ("backbone parameters/buffers not initialised from the file", not_from_file),
+        ]
+    )
     if problems:
         raise CheckpointLoadError(f"pretrained backbone did not load from {where}:\n  " + "\n  ".join(problems))
     return len(state_dict)

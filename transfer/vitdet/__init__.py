@@ -4,6 +4,8 @@ Modules (one job each; data flows configs -> train):
 
 * :mod:`transfer.vitdet.backbone`   ``SDPAViT``: detectron2's ``ViT`` with SDPA global attention, activation
   checkpointing and optional CLS / register tokens (same parameter names, so converted keys load as they are).
+* :mod:`transfer.vitdet.plain_vit`  the constructor arguments of a plain ViT (global attention, no relative
+  position), shared by the configs, the converter's parity check, the benchmark and the tests.
 * :mod:`transfer.vitdet.data`       LSJ loader (flip, ResizeScale 0.1-2.0, FixedSizeCrop), COCO / toy-COCO
   registration.
 * :mod:`transfer.vitdet.solver`     layer-wise lr decay and the ViTDet step schedule with warm-up.

@@ -7,8 +7,8 @@ optionally ``cls_token`` / ``reg_token``) and ``meta`` = ``{"embed_dim", "depth"
 
 * :func:`read_backbone_arch` derives the backbone's constructor arguments from the weights themselves
   (width, depth, MLP ratio, qkv bias, patch size, grid, tokens) and takes ``num_heads`` (invisible in the weights)
-  from ``meta``;
-  where ``meta`` is present it must agree with the weights.
+  from ``meta``, through the converter's :func:`transfer.convert.metadata.read_architecture`; where ``meta`` is
+  present it must agree with the weights.
 * :func:`apply_backbone_arch` / :func:`check_backbone_arch` put them into a LazyConfig and refuse a config whose
   architecture (after the user's ``key=value`` overrides) differs from the checkpoint.
 * :class:`StrictDetectionCheckpointer` is detectron2's checkpointer that raises
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from transfer.checkpoint_compat import labelled_problems
+from transfer.convert.metadata import read_architecture
+from transfer.convert.writers import D2_KEY_PREFIX
 
 __all__ = [
     "BACKBONE_PREFIX",
@@ -43,7 +46,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Where the ViT's parameters live in the detectron2 model (``model.backbone.net``).
-BACKBONE_PREFIX = "backbone.net."
+BACKBONE_PREFIX = D2_KEY_PREFIX
 
 #: ``SDPAViT`` arguments that a checkpoint determines.
 ARCH_KEYS = (
@@ -88,89 +91,38 @@ def read_backbone_arch(path: str) -> dict:
     """The ``SDPAViT`` arguments of a detectron2-target checkpoint (see the module docstring).
 
     Returns a dict with :data:`ARCH_KEYS` plus ``grid`` (``[gh, gw]``); ``num_heads`` is ``None`` when the file has
-    no ``meta["num_heads"]``. Raises ``ValueError`` / ``KeyError`` naming the key when the file is not such a
-    checkpoint or its ``meta`` contradicts its weights.
+    no ``meta["num_heads"]``. Raises ``KeyError`` when the file has no ``backbone.net.*`` ViT, else
+    ``ValueError`` naming the key when its tensors do not form one or its ``meta`` contradicts them.
     """
     sd, meta = _state_dict_and_meta(load_checkpoint_file(path))
-    P = BACKBONE_PREFIX
-    key = P + "patch_embed.proj.weight"
+    key = BACKBONE_PREFIX + "patch_embed.proj.weight"
     if key not in sd:
         some = ", ".join(list(sd)[:5])
         raise KeyError(
             f"{path}: no {key!r} (first keys: {some}). Not a detectron2-target checkpoint with explicit "
             "backbone.net.* keys: convert it with tools/convert_ckpt.py (detectron2 target)."
         )
-    w = sd[key]
-    if w.ndim != 4 or w.shape[-1] != w.shape[-2]:
-        raise ValueError(f"{path}: {key} has shape {tuple(w.shape)}; expected (D, 3, p, p)")
-    embed_dim, patch_size = int(w.shape[0]), int(w.shape[-1])
-    block_ids = {int(m.group(1)) for k in sd for m in [re.match(re.escape(P) + r"blocks\.(\d+)\.", k)] if m}
-    if not block_ids:
-        raise KeyError(f"{path}: no {P}blocks.* keys")
-    depth = max(block_ids) + 1
-    if sorted(block_ids) != list(range(depth)):
-        raise KeyError(f"{path}: blocks {sorted(set(range(depth)) - block_ids)} missing (depth {depth})")
-    pos_key = P + "pos_embed"
-    if pos_key not in sd:
-        raise KeyError(f"{path}: no {pos_key!r}; ViTDet needs absolute position embeddings at the target grid")
-    num_pos = int(sd[pos_key].shape[1])
-    meta_grid = meta.get("grid")
-    if meta_grid is not None:
-        gh, gw = (int(g) for g in meta_grid)
-        if num_pos - gh * gw not in (0, 1):
-            raise ValueError(f"{path}: meta grid {gh}x{gw} does not fit {pos_key} of shape {tuple(sd[pos_key].shape)}")
-    else:
-        g = math.isqrt(num_pos - 1)
-        gh = gw = g if g * g == num_pos - 1 else math.isqrt(num_pos)
+    a = read_architecture(sd, meta, "detectron2", where=path)
+    gh, gw = a.grid
     if gh != gw:
         raise ValueError(f"{path}: position grid {gh}x{gw} is not square; detectron2's ViT needs a square grid")
-    if num_pos == gh * gw + 1:
-        pretrain_use_cls_token = True
-    elif num_pos == gh * gw:
-        pretrain_use_cls_token = False
-    else:
-        raise ValueError(f"{path}: {pos_key} has {num_pos} positions, not a square grid (+1 CLS slot)")
-    fc1 = sd.get(P + "blocks.0.mlp.fc1.weight")
-    if fc1 is None:
-        raise KeyError(f"{path}: no {P}blocks.0.mlp.fc1.weight")
-    mlp_ratio = int(fc1.shape[0]) / embed_dim
-    if mlp_ratio == int(mlp_ratio):
-        mlp_ratio = int(mlp_ratio)
-    qkv_bias = P + "blocks.0.attn.qkv.bias" in sd
-    use_cls_token = P + "cls_token" in sd
-    reg = sd.get(P + "reg_token")
-    num_register_tokens = int(reg.shape[1]) if reg is not None else 0
-    arch = {
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "num_heads": int(meta["num_heads"]) if meta.get("num_heads") is not None else None,
-        "patch_size": patch_size,
-        "pretrain_img_size": gh * patch_size,
-        "pretrain_use_cls_token": pretrain_use_cls_token,
-        "use_cls_token": use_cls_token,
-        "num_register_tokens": num_register_tokens,
-        "mlp_ratio": mlp_ratio,
-        "qkv_bias": qkv_bias,
+    if a.norm_eps is not None and not math.isclose(a.norm_eps, 1e-6, rel_tol=1e-3):
+        logger.warning("%s: meta norm_eps=%s but the ViTDet configs use LayerNorm(eps=1e-6)", path, a.norm_eps)
+    if a.cls_token and not a.cls_slot:
+        raise ValueError(f"{path}: has {BACKBONE_PREFIX}cls_token but {BACKBONE_PREFIX}pos_embed has no CLS slot")
+    return {
+        "embed_dim": a.embed_dim,
+        "depth": a.depth,
+        "num_heads": a.num_heads,
+        "patch_size": a.patch_size,
+        "pretrain_img_size": gh * a.patch_size,
+        "pretrain_use_cls_token": a.cls_slot,
+        "use_cls_token": a.cls_token,
+        "num_register_tokens": a.num_register_tokens,
+        "mlp_ratio": a.mlp_ratio,
+        "qkv_bias": a.qkv_bias,
         "grid": [gh, gw],
     }
-    # meta must agree with the weights (a disagreement means a broken converter or a hand-edited file)
-    checks = {
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "patch_size": patch_size,
-        "mlp_ratio": mlp_ratio,
-        "cls_token_kept": use_cls_token,
-        "num_register_tokens": num_register_tokens,
-    }
-    bad = [f"meta {k}={meta[k]!r} but weights say {v!r}" for k, v in checks.items() if k in meta and meta[k] != v]
-    if bad:
-        raise ValueError(f"{path}: metadata contradicts the weights: " + "; ".join(bad))
-    eps = meta.get("norm_eps")
-    if eps is not None and not math.isclose(float(eps), 1e-6, rel_tol=1e-3):
-        logger.warning("%s: meta norm_eps=%s but the ViTDet configs use LayerNorm(eps=1e-6)", path, eps)
-    if use_cls_token and not pretrain_use_cls_token:
-        raise ValueError(f"{path}: has {P}cls_token but {pos_key} has no CLS slot")
-    return arch
 
 
 def apply_backbone_arch(cfg, arch: dict) -> None:
@@ -263,14 +215,10 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
         missing = [k for k in missing if "anchor_generator.cell_anchors" not in k]
         unexpected = list(incompatible.unexpected_keys)
         shapes = [f"{k} (checkpoint {tuple(a)} vs model {tuple(b)})" for k, a, b in incompatible.incorrect_shapes]
-        if missing or unexpected or shapes:
-            parts = []
-            if shapes:
-                parts.append(f"wrong shape: {_listing(shapes)}")
-            if missing:
-                parts.append(f"missing in checkpoint: {_listing(missing)}")
-            if unexpected:
-                parts.append(f"not in the model: {_listing(unexpected)}")
+        parts = labelled_problems(
+            [("wrong shape", shapes), ("missing in checkpoint", missing), ("not in the model", unexpected)], _listing
+        )
+        if parts:
             raise CheckpointMismatchError(
                 f"checkpoint does not match the model (strict={self.strict!r}): " + "; ".join(parts)
             )
