@@ -57,7 +57,7 @@ def rss_bytes() -> int:
 def make_batch(cfg, batch: int, device):
     import torch
 
-    from pretrain.engine.train import build_collator
+    from pretrain.methods import method_class
 
     c = cfg.crops
     g = torch.Generator().manual_seed(0)
@@ -73,10 +73,9 @@ def make_batch(cfg, batch: int, device):
                 "local_flips": torch.zeros(c.n_local, dtype=torch.bool),
                 "index": i,
                 "seed": 1234 + i,
-                "pos_info": {"s": 0.5, "k": 1.0, "tx": 0.0, "ty": 0.0, "area_A": 0.5},
             }
         )
-    out = build_collator(cfg)(samples)
+    out = method_class(cfg.method).build_collator(cfg)(samples)
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in out.items()}
 
 
@@ -85,7 +84,7 @@ def backbone_flops(cfg) -> float:
     import torch
     from fvcore.nn import FlopCountAnalysis
 
-    from pretrain.ssl import SSLMetaArch
+    from pretrain.methods import IntertwinedDistillation
 
     def sdpa(inputs, outputs):
         q = inputs[0].type().sizes()
@@ -97,7 +96,7 @@ def backbone_flops(cfg) -> float:
             prod *= b
         return 2 * prod * n * m * d  # QK^T and AV, in multiply-adds
 
-    model = SSLMetaArch(cfg).student["backbone"].eval()
+    model = IntertwinedDistillation(cfg).student["backbone"].eval()
     x = torch.randn(1, 3, cfg.crops.global_size, cfg.crops.global_size)
     fca = FlopCountAnalysis(model, (x,)).set_op_handle("aten::scaled_dot_product_attention", sdpa)
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -119,12 +118,12 @@ def build_variant(size: str, variant: str, batch: int, device):
     from pretrain.engine.config import load_config
     from pretrain.engine.optim import build_optimizer
     from pretrain.engine.train import autocast_context, train_step
-    from pretrain.ssl import SSLMetaArch
+    from pretrain.methods import IntertwinedDistillation
 
     overrides = ["train.data=unused", f"train.batch_size_per_gpu={batch}", "model.drop_path_rate=0.0"]
     cfg = load_config(SIZES[size], overrides + VARIANTS[variant])
     torch.manual_seed(0)
-    model = SSLMetaArch(cfg).to(device).train()
+    model = IntertwinedDistillation(cfg).to(device).train()
     data = make_batch(cfg, batch, device)
     masked = int(data["content_masks"].sum()) + int(data["pos_masks"].sum())
     values = {"lr": 1e-4, "wd": 0.04, "momentum": 0.996, "teacher_temp": 0.04, "last_layer_lr": 1e-4}

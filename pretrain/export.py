@@ -5,7 +5,7 @@ Layout of ``backbone.pth``::
     {"format": "ssl-vit-toolkit/backbone", "version": 1,
      "model": {<VisionTransformer state_dict: timm-style names, pos_field.field, cls_pos_embed, ...>},
      "meta": {"arch": {<ViTConfig fields>}, "mean": [...], "std": [...], "config_hash": str | None,
-              "iteration": int | None}}
+              "iteration": int | None, "method": str | None (the pretraining method, pretrain/methods/)}}
 
 The converters in ``transfer/convert`` read this format.
 """
@@ -31,6 +31,7 @@ def export_backbone(
     std=IMAGENET_STD,
     config_hash: str | None = None,
     iteration: int | None = None,
+    method: str | None = None,
 ) -> dict:
     """Write ``backbone`` (usually the EMA teacher's) with its metadata, atomically. Returns the saved dict."""
     state = {k: v.detach().float().cpu().clone() for k, v in backbone.state_dict().items()}
@@ -44,6 +45,7 @@ def export_backbone(
             "std": list(std),
             "config_hash": config_hash,
             "iteration": iteration,
+            "method": method,
         },
     }
     atomic_torch_save(obj, path)

@@ -22,3 +22,13 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def repo_root():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def toy_images(tmp_path_factory):
+    """24 toy pretraining images of 48 x 48 px (seed 0)."""
+    from toydata import make_toy_images
+
+    d = tmp_path_factory.mktemp("images")
+    make_toy_images(str(d), num_images=24, size=(48, 48), seed=0)
+    return str(d)

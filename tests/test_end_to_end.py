@@ -13,9 +13,8 @@ import sys
 import pytest
 import torch
 
-from pretrain.data.toy import ensure_toy_data
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.paths import REPO
+from toydata import AdeSpec, CocoSpec, ImagesSpec, ToySpec, ensure_toy_data
 
 
 def run(cmd, env=None, timeout=900):
@@ -27,18 +26,8 @@ def run(cmd, env=None, timeout=900):
 
 @pytest.mark.slow
 def test_pretrain_convert_vitdet_segmenter(tmp_path):
-    toy = ensure_toy_data(
-        str(tmp_path / "toy"),
-        seed=0,
-        num_images=24,
-        image_size=(96, 96),
-        coco_train=8,
-        coco_val=4,
-        coco_size=(128, 128),
-        ade_train=8,
-        ade_val=4,
-        ade_size=(96, 96),
-    )
+    spec = ToySpec(images=ImagesSpec(num=24, size=96), coco=CocoSpec(8, 4, size=128), ade=AdeSpec(8, 4, size=96))
+    toy = ensure_toy_data(str(tmp_path / "toy"), spec)
     out = tmp_path / "pretrain"
     # 1. pretraining through the tool, on the embedded default's config, shortened
     log = run(

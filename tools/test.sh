@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite (installs the environment first; seconds when it is already installed).
 #   tools/test.sh                 # everything
-#   tools/test.sh tests/test_core.py -k field   # any pytest arguments
+#   tools/test.sh tests/pretrain/models -k field   # any pytest arguments
 #   tools/test.sh -m "not slow"                 # the quick part (no end-to-end runs)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -78,9 +78,7 @@ class MaskingCollator:
     Output dict: ``global_crops`` ``(n_global*B, 3, H, W)``, ``local_crops`` ``(n_local*B, 3, h, w)``
     (``(0, 3, 0, 0)`` without local crops), ``global_boxes`` ``(n_global*B, 4)``, ``global_flips``
     ``(n_global*B,)`` bool, ``local_boxes``, ``local_flips``, ``content_masks`` / ``pos_masks``
-    ``(n_global*B, N)`` bool (row-major patches), ``indices`` ``(B,)`` long, ``n_global``, ``n_local`` ints,
-    plus ``pos_info``: dict of float64 tensors ``(B,)`` (``s``, ``k``, ``tx``, ``ty``, ``area_A``) in sample
-    order, when the samples carry it.
+    ``(n_global*B, N)`` bool (row-major patches), ``n_global``, ``n_local`` ints.
     """
 
     def __init__(
@@ -184,13 +182,7 @@ class MaskingCollator:
             "local_flips": crop_major("local_flips", n_local, (), torch.bool),
             "content_masks": content_masks,
             "pos_masks": pos_masks,
-            "indices": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
             "n_global": n_global,
             "n_local": n_local,
         }
-        if all("pos_info" in s for s in samples):
-            keys = samples[0]["pos_info"].keys()
-            out["pos_info"] = {
-                k: torch.tensor([float(s["pos_info"][k]) for s in samples], dtype=torch.float64) for k in keys
-            }
         return out

@@ -1,8 +1,10 @@
-"""Pretraining configuration: package defaults <- YAML file(s) <- ``key=value`` overrides (OmegaConf).
+"""Pretraining configuration: the schema's defaults <- YAML file(s) <- ``key=value`` overrides (OmegaConf).
 
-A YAML file may start with ``_base_: path.yaml`` (or a list), relative to that file, merged first.
-Any key not present in the defaults is an error naming it and the closest valid key. The lr scaling rule
-fills ``optim.lr`` from ``optim.base_lr`` and the total batch.
+The schema (:mod:`pretrain.engine.schema`) gives every key its type, default and allowed values. A YAML file may
+start with ``_base_: path.yaml`` (or a list), relative to that file, merged first. An unknown key is an error naming
+it and the closest valid key; a value of the wrong type is an error naming its key and where it came from. The
+values are checked once, when the config is built; the lr scaling rule then fills ``optim.lr`` from
+``optim.base_lr`` and the total batch.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..data.multicrop import check_blur_prob
-
-DEFAULTS = Path(__file__).with_name("default_config.yaml")
+from .schema import Config, check_value, fields_of
 
 
 class ConfigError(ValueError):
@@ -60,61 +62,61 @@ def _load_yaml_with_bases(path: Path, seen=()) -> DictConfig:
     return OmegaConf.merge(merged, cfg)
 
 
-def load_config(config_files=(), overrides=(), world_size: int = 1) -> DictConfig:
-    """Build the run configuration. ``config_files``: YAML paths (merged in order); ``overrides``: ``a.b=v``."""
-    cfg = OmegaConf.load(DEFAULTS)
-    valid = set(_flat_keys(cfg)) | {"optim.lr"}
+def _merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    """``cfg`` with ``layer`` merged in; a value the schema's type refuses is a :class:`ConfigError`."""
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{key} in {source}: {reason}") from None
+
+
+def _layers(config_files, overrides):
+    """``(source name, config layer)`` of every file, then of every override."""
     for f in [config_files] if isinstance(config_files, (str, os.PathLike)) else config_files:
-        layer = _load_yaml_with_bases(Path(f))
-        _check_keys(layer, valid, str(f))
-        cfg = OmegaConf.merge(cfg, layer)
+        yield str(f), _load_yaml_with_bases(Path(f))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
-        layer = OmegaConf.from_dotlist([item])
-        _check_keys(layer, valid, "command line")
-        cfg = OmegaConf.merge(cfg, layer)
+        yield "command line", OmegaConf.from_dotlist([item])
+
+
+def load_config(config_files=(), overrides=(), world_size: int = 1) -> DictConfig:
+    """Build the run configuration. ``config_files``: YAML paths (merged in order); ``overrides``: ``a.b=v``."""
+    cfg = OmegaConf.structured(Config)
+    valid = set(_flat_keys(cfg))
+    for source, layer in _layers(config_files, overrides):
+        _check_keys(layer, valid, source)
+        cfg = _merge(cfg, layer, source)
     validate(cfg)
     apply_scaling_rules(cfg, world_size)
     return cfg
 
 
 def validate(cfg: DictConfig) -> None:
-    def choice(key, options):
-        value = OmegaConf.select(cfg, key)
-        if value not in options:
-            raise ConfigError(f"{key} must be one of {options}, got {value!r}")
+    """Every value against the schema's choices and ranges, then the rules that tie keys together."""
+    from ..methods import METHODS  # the methods import the engine's schedules: import them when validating
 
-    choice("pos_field.scale_dist", ["beta", "uniform", "const", "none"])
-    choice("pos_field.enclose", ["all", "global"])
-    choice("pos_field.init", ["trunc_normal", "sincos"])
-    choice("masking.content_shape", ["box", "cross"])
-    choice("masking.pos_shape", ["box", "cross"])
-    choice("loss.targets", ["sinkhorn_knopp", "centering"])
-    choice("loss.koleo_scope", ["global", "local"])
-    choice("optim.lr_scaling", ["sqrt_wrt_1024", "linear_wrt_256", "none"])
-    choice("train.precision", ["auto", "bf16", "fp32"])
-    choice("model.pos_embed_interpolation", ["dinov2", "size"])
-    choice("heads.last_layer_init", ["pytorch_default", "trunc_normal"])
-    choice("heads.last_layer_gain", ["learned", "fixed"])
-    choice("optim.clip_grad_scope", ["per_module", "joint"])
-    choice("optim.decay_tokens_and_positions", [True, False])
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method must be one of {sorted(METHODS)}, got {cfg.method!r}")
+    for key, f in fields_of():
+        parent, _, leaf = key.rpartition(".")
+        if OmegaConf.is_missing(OmegaConf.select(cfg, parent) if parent else cfg, leaf):
+            raise ConfigError(f"{key} must be set ({f.metadata['doc']})")
+        problem = check_value(key, OmegaConf.select(cfg, key), f.metadata)
+        if problem:
+            raise ConfigError(problem)
     try:
         check_blur_prob(list(cfg.crops.blur_prob), "crops.blur_prob")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if int(cfg.train.epoch_length) < 0:
-        raise ConfigError(f"train.epoch_length must be >= 0 (0 = one pass over the data), got {cfg.train.epoch_length}")
-    lo, hi = cfg.masking.ratio
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ConfigError(f"masking.ratio must satisfy 0 <= lo <= hi <= 1, got {list(cfg.masking.ratio)}")
-    for key in ("masking.mask_probability", "masking.content_fraction"):
-        if not 0.0 <= float(OmegaConf.select(cfg, key)) <= 1.0:
-            raise ConfigError(f"{key} must be in [0, 1]")
+    for key in ("masking.ratio", "crops.global_scale", "crops.local_scale"):
+        lo, hi = OmegaConf.select(cfg, key)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"{key} must satisfy 0 <= lo <= hi <= 1, got {[lo, hi]}")
     if cfg.crops.global_size % cfg.model.patch_size or cfg.crops.local_size % cfg.model.patch_size:
         raise ConfigError("crops.global_size and crops.local_size must be multiples of model.patch_size")
-    if cfg.crops.n_global != 2:
-        raise ConfigError("crops.n_global must be 2 (the DINO loss pairs the two global crops)")
 
 
 def apply_scaling_rules(cfg: DictConfig, world_size: int) -> None:
@@ -128,12 +130,6 @@ def config_hash(cfg: DictConfig) -> str:
     """Short hash of the resolved config (recorded in exported backbones)."""
     text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def effective_epochs(cfg: DictConfig) -> float:
-    """iBOT's effective epochs: epochs x (n_global + n_local x (local/global)^2)."""
-    c = cfg.crops
-    return float(cfg.optim.epochs) * (c.n_global + c.n_local * (c.local_size / c.global_size) ** 2)
 
 
 def to_container(cfg) -> dict:

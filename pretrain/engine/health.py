@@ -3,9 +3,7 @@
 :class:`UniformOutputMonitor`: the DINO CLS loss is a cross-entropy against ``K`` prototypes, and it equals
 ``log K`` exactly when the student's outputs are uniform, whatever the targets. A loss that stays within ``tol`` of
 ``log K`` after warm-up means the heads sit in the uniform-output state (no learning signal from the CLS term).
-The embedded tiny demo shows it: LayerScale 1e-5 keeps the CLS token identical across images at initialisation,
-so Sinkhorn-Knopp returns uniform targets, and KoLeo's huge gradient on identical tokens, once clipped, scales
-every other gradient down (see README, "Analysis and quick probes").
+docs/demo_recipe.md explains when that state is stable and how the tiny demo leaves it.
 """
 
 from __future__ import annotations

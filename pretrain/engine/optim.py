@@ -45,11 +45,11 @@ def param_groups(model: nn.Module, decay_tokens_and_positions: bool = True) -> l
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, bool(cfg.optim.decay_tokens_and_positions))
+    groups = param_groups(model, cfg.optim.decay_tokens_and_positions)
     for g in groups:
         g.pop("names")
     # fused: one kernel per parameter group instead of a loop over tensors (CPU and CUDA in torch >= 2.4)
-    return torch.optim.AdamW(groups, lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=0.0, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=0.0, fused=True)
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float, last_layer_lr: float) -> None:

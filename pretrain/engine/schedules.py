@@ -31,17 +31,15 @@ class CosineSchedule:
 
 
 def build_schedules(cfg, iters_per_epoch: int) -> dict:
-    o, t = cfg.optim, cfg.teacher
+    """The optimiser's schedules (``lr``, ``wd``, ``last_layer_lr``) and ``total``, the run's iterations; each
+    method adds its own (:meth:`pretrain.methods.PretrainingMethod.schedules`)."""
+    o = cfg.optim
     total = int(o.epochs * iters_per_epoch)
     warm = int(o.warmup_epochs * iters_per_epoch)
     lr = CosineSchedule(o.lr, o.min_lr, total, warm)
     return {
         "lr": lr,
         "wd": CosineSchedule(o.weight_decay, o.weight_decay_end, total),
-        "momentum": CosineSchedule(t.momentum, t.final_momentum, total),
-        "teacher_temp": CosineSchedule(
-            t.temp, t.temp, total, int(t.warmup_temp_epochs * iters_per_epoch), start_warmup=t.warmup_temp
-        ),
         # DINOv2: the lr schedule with the first ``freeze_last_layer_epochs`` set to 0 for the heads' last layers
         "last_layer_lr": FrozenPrefix(lr, int(o.freeze_last_layer_epochs * iters_per_epoch)),
         "total": total,

@@ -22,16 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
-from ..data.collate import MaskingCollator
-from ..data.dataset import SSLDataset
 from ..data.folder import ImageFolderDataset
-from ..data.multicrop import MultiCropAugmentation
-from ..data.position_aug import PositionScaleAugmentation
 from ..export import export_backbone
-from ..ssl import SSLMetaArch
+from ..methods import PretrainingMethod, build_method, method_class
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from .config import config_hash, effective_epochs, load_config, to_container
-from .health import UniformOutputMonitor
+from .config import config_hash, load_config, to_container
 from .metrics import MetricWriter, format_seconds
 from .optim import apply_schedules, build_optimizer, clip_gradients
 from .sampler import PassIndexedDataset, StreamSampler
@@ -81,42 +76,25 @@ def setup_logging(output_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- data
-def build_dataset(cfg, validate: bool = True) -> SSLDataset:
-    c, pf = cfg.crops, cfg.pos_field
-    images = ImageFolderDataset(cfg.train.data, validate=validate)
-    multicrop = MultiCropAugmentation(
-        global_size=c.global_size,
-        local_size=c.local_size,
-        n_global=c.n_global,
-        n_local=c.n_local,
-        global_scale=tuple(c.global_scale),
-        local_scale=tuple(c.local_scale),
-        photometric=c.photometric,
-        blur_prob=tuple(c.blur_prob),
-        grayscale_prob=float(c.grayscale_prob),
-    )
-    mode = pf.scale_dist if pf.enabled else "none"
-    position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
-    return SSLDataset(images, multicrop, position_aug, seed=cfg.train.seed)
+def build_dataset(cfg, validate: bool = True, images: ImageFolderDataset | None = None):
+    """The configured method's dataset over the image source ``train.data`` (or ``images``)."""
+    if images is None:
+        images = ImageFolderDataset(cfg.train.data, validate=validate)
+    return method_class(cfg.method).build_dataset(cfg, images)
 
 
-def build_collator(cfg) -> MaskingCollator:
-    g = cfg.crops.global_size // cfg.model.patch_size
-    m = cfg.masking
-    return MaskingCollator((g, g), tuple(m.ratio), m.mask_probability, m.content_fraction, m.content_shape, m.pos_shape)
-
-
-def build_loader(cfg, dataset: SSLDataset, start_iteration: int):
+def build_loader(cfg, dataset, start_iteration: int):
+    """Batches from iteration ``start_iteration`` on, collated by the configured method."""
     sampler = StreamSampler(
         len(dataset), cfg.train.batch_size_per_gpu, du.rank(), du.world_size(), cfg.train.seed, start_iteration
     )
-    workers = int(cfg.train.num_workers)
+    workers = cfg.train.num_workers
     return torch.utils.data.DataLoader(
         PassIndexedDataset(dataset),
         batch_size=cfg.train.batch_size_per_gpu,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=build_collator(cfg),
+        collate_fn=method_class(cfg.method).build_collator(cfg),
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         persistent_workers=False,
@@ -143,7 +121,7 @@ def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) ->
     and ``"total"``, whether the step was applied)."""
     apply_schedules(optimizer, values["lr"], values["wd"], values["last_layer_lr"])
     with autocast_context(cfg, device):
-        out = ddp_model(batch, values["teacher_temp"])
+        out = ddp_model(batch, values)
     loss = out["loss"]
     finite = torch.isfinite(loss).float()
     du.all_reduce_sum(finite)
@@ -151,13 +129,15 @@ def train_step(model, ddp_model, optimizer, batch, values: dict, cfg, device) ->
     if finite.item() < du.world_size():  # every process skips together
         return {k: float("nan") for k in out}, {"total": float("nan")}, False
     loss.backward()
-    grad_norms = clip_gradients(model.student, float(cfg.optim.clip_grad), cfg.optim.clip_grad_scope == "per_module")
+    per_module = cfg.optim.clip_grad_scope == "per_module"
+    grad_norms = clip_gradients(model.trainable_modules(), cfg.optim.clip_grad, per_module)
     optimizer.step()
-    model.update_teacher(values["momentum"])
-    terms = torch.stack([out[k].detach().float() for k in ("loss", "dino", "ibot", "pos", "koleo")])
+    model.after_step(values)
+    names = ("loss", *model.loss_terms)
+    terms = torch.stack([out[k].detach().float() for k in names])
     du.all_reduce_sum(terms)
     terms = (terms / du.world_size()).tolist()
-    return dict(zip(("loss", "dino", "ibot", "pos", "koleo"), terms)), grad_norms, True
+    return dict(zip(names, terms)), grad_norms, True
 
 
 class StopSignal:
@@ -183,7 +163,7 @@ class StopSignal:
 
 def iterations_per_epoch(cfg, dataset_len: int) -> int:
     if cfg.train.epoch_length > 0:
-        return int(cfg.train.epoch_length)
+        return cfg.train.epoch_length
     total_batch = cfg.train.batch_size_per_gpu * du.world_size()
     n = dataset_len // total_batch
     if n < 1:
@@ -200,9 +180,10 @@ def describe_schedule(cfg, iters_per_epoch: int, total: int, dataset_len: int) -
         reading = f"epoch = {iters_per_epoch} iterations (train.epoch_length)"
     else:
         reading = f"epoch = one pass over the data ({iters_per_epoch} iterations)"
+    effective = method_class(cfg.method).effective_epochs(cfg)
     return (
-        f"{reading}; {epochs} epochs = {total} iterations, {images} images seen "
-        f"({images / max(dataset_len, 1):.1f} passes over the data, {effective_epochs(cfg):.1f} effective epochs)"
+        f"{reading}; {epochs:g} epochs = {total} iterations, {images} images seen "
+        f"({images / max(dataset_len, 1):.1f} passes over the data, {effective:.1f} effective epochs)"
     )
 
 
@@ -212,10 +193,11 @@ class Run:
 
     cfg: DictConfig
     device: torch.device
-    dataset: SSLDataset
+    images: ImageFolderDataset
+    dataset: torch.utils.data.Dataset
     sched: dict
     stop_at: int
-    model: SSLMetaArch
+    model: PretrainingMethod
     ddp_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     start: int
@@ -240,47 +222,55 @@ def prepare_run(cfg, device: torch.device) -> Run:
     if du.is_main():
         os.makedirs(out_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
-    dataset = build_dataset(cfg, validate=du.is_main())
+    images = ImageFolderDataset(cfg.train.data, validate=du.is_main())
+    dataset = build_dataset(cfg, images=images)
     ipe = iterations_per_epoch(cfg, len(dataset))
     sched = build_schedules(cfg, ipe)
-    total = sched["total"]
-    stop_at = min(total, int(cfg.train.max_iterations)) if cfg.train.max_iterations > 0 else total
+    total = sched.pop("total")
+    sched.update(method_class(cfg.method).schedules(cfg, ipe, total))
+    stop_at = min(total, cfg.train.max_iterations) if cfg.train.max_iterations > 0 else total
     total_batch = cfg.train.batch_size_per_gpu * du.world_size()
     logger.info(
         "data: %d images (%s), skipped %d unreadable; %d processes x batch %d = %d; %s; lr %.3g",
         len(dataset),
         cfg.train.data,
-        dataset.num_skipped,
+        images.num_skipped,
         du.world_size(),
         cfg.train.batch_size_per_gpu,
         total_batch,
         describe_schedule(cfg, ipe, total, len(dataset)),
         cfg.optim.lr,
     )
-    model = SSLMetaArch(cfg).to(device)
-    optimizer = build_optimizer(model.student, cfg)
+    model = build_method(cfg).to(device)
+    optimizer = build_optimizer(model.trainable_modules(), cfg)
     start = _resume(out_dir, model, optimizer, device)
     ddp_model = model
     if du.is_dist():
         ddp_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    n_params = sum(p.numel() for p in model.student["backbone"].parameters())
-    logger.info("backbone %s: %.2fM parameters; config hash %s", cfg.model.arch, n_params / 1e6, config_hash(cfg))
-    return Run(cfg, device, dataset, sched, stop_at, model, ddp_model, optimizer, start)
+    n_params = sum(p.numel() for p in model.backbone_to_export().parameters())
+    logger.info(
+        "method %s, backbone %s: %.2fM parameters; config hash %s",
+        cfg.method,
+        cfg.model.arch,
+        n_params / 1e6,
+        config_hash(cfg),
+    )
+    return Run(cfg, device, images, dataset, sched, stop_at, model, ddp_model, optimizer, start)
 
 
-def _log_iteration(run: Run, writer: MetricWriter, uniform, it: int, terms: dict, gnorms: dict, values: dict):
-    """Console line, metrics.jsonl and TensorBoard for one iteration; the uniform-head warning."""
+def _log_iteration(run: Run, writer: MetricWriter, monitor, it: int, terms: dict, gnorms: dict, values: dict):
+    """Console line, metrics.jsonl and TensorBoard for one iteration; the method's health warning."""
     scalars = dict(terms, grad_norm=gnorms["total"], **values)
     scalars.update({f"grad_norm_{k}": v for k, v in gnorms.items() if k != "total"})
     if run.device.type == "cuda":
         scalars["memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
     logger.info(writer.write(it, scalars, run.cfg.train.batch_size_per_gpu * du.world_size()))
-    warning = uniform.update(it, terms["dino"])
+    warning = monitor.update(it, terms) if monitor is not None else None
     if warning:
         logger.warning("iteration %d: %s", it, warning)
-        writer.log_event(it, uniform_dino_outputs=True)
+        writer.log_event(it, **{monitor.event: True})
 
 
 def _skip_nonfinite(run: Run, writer: MetricWriter, it: int, in_a_row: int) -> None:
@@ -312,10 +302,10 @@ def train(cfg) -> dict:
     run = prepare_run(cfg, setup_distributed())
     model, start, stop_at = run.model, run.start, run.stop_at
     writer = MetricWriter(cfg.train.output_dir, stop_at, start, enabled=du.is_main())
-    if run.dataset.num_skipped:
-        writer.log_event(start, skipped_files=run.dataset.num_skipped)
+    if run.images.num_skipped:
+        writer.log_event(start, skipped_files=run.images.num_skipped)
     stopper = StopSignal(run.device)
-    uniform = UniformOutputMonitor(int(cfg.heads.n_prototypes), run.sched["lr"].warmup)
+    monitor = model.health_monitor(run.sched)
     nonfinite, it, last_saved = 0, start, None
     t_start = time.perf_counter()
     try:
@@ -323,7 +313,7 @@ def train(cfg) -> dict:
         model.train()
         for it in range(start, stop_at):
             batch = to_device(next(loader), run.device)
-            values = {k: run.sched[k][it] for k in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr")}
+            values = {k: schedule[it] for k, schedule in run.sched.items()}
             terms, gnorms, ok = train_step(model, run.ddp_model, run.optimizer, batch, values, cfg, run.device)
             if not ok:
                 nonfinite += 1
@@ -331,7 +321,7 @@ def train(cfg) -> dict:
                 continue
             nonfinite = 0
             if du.is_main() and (it % cfg.train.log_every == 0 or it == stop_at - 1):
-                _log_iteration(run, writer, uniform, it, terms, gnorms, values)
+                _log_iteration(run, writer, monitor, it, terms, gnorms, values)
             stop = stopper.requested()
             if stop or (it + 1) % cfg.train.checkpoint_every == 0 or it == stop_at - 1:
                 last_saved = _checkpoint(run, it)
@@ -348,7 +338,9 @@ def train(cfg) -> dict:
         writer.close()
     backbone_path = os.path.join(cfg.train.output_dir, "backbone.pth")
     if du.is_main():
-        export_backbone(model.teacher["backbone"], backbone_path, config_hash=config_hash(cfg), iteration=it)
+        export_backbone(
+            model.backbone_to_export(), backbone_path, config_hash=config_hash(cfg), iteration=it, method=cfg.method
+        )
         elapsed = format_seconds(time.perf_counter() - t_start)
         logger.info(
             "done: %d iterations in %s; teacher backbone exported to %s", stop_at - start, elapsed, backbone_path
@@ -361,10 +353,13 @@ def export_only(cfg) -> str:
     ckpt = latest_checkpoint(cfg.train.output_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {cfg.train.output_dir}/checkpoints")
-    model = SSLMetaArch(cfg)
+    model = build_method(cfg)
     state = load_checkpoint(ckpt, model)
     path = os.path.join(cfg.train.output_dir, "backbone.pth")
-    export_backbone(model.teacher["backbone"], path, config_hash=config_hash(cfg), iteration=state["iteration"])
+    iteration = state["iteration"]
+    export_backbone(
+        model.backbone_to_export(), path, config_hash=config_hash(cfg), iteration=iteration, method=cfg.method
+    )
     return path
 
 

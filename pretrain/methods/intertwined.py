@@ -1,4 +1,4 @@
-"""Student/teacher self-distillation: a collated batch -> the loss terms of Eq. 6; EMA teacher update.
+"""The method of docs/method.md: student/teacher self-distillation, a collated batch -> the loss terms of Eq. 6.
 
 ``L = w_dino L_image + w_ibot L_content + w_koleo L_KoLeo + w_pos L_pos`` (docs/method.md §4):
 - ``L_image``: DINO CLS loss (:func:`dino_cls_loss`) between student crops and the teacher's global crops;
@@ -6,7 +6,10 @@
 - ``L_pos``: the same form over position-masked patches (student sees ``[POSMASK]`` positions) with its own head;
 - ``L_KoLeo``: on the student's final-normed global CLS tokens, per global crop.
 
-The teacher is an EMA copy of the student (backbone and heads), always in eval mode.
+The teacher is an EMA copy of the student (backbone and heads), always in eval mode. What the method needs from
+the data: DINOv2's multi-crop with each crop's box and flip, mapped into the virtual image by the position/scale
+augmentation, and per-crop content or position masks drawn at collate time. DINOv2-dagger is this method with
+``pos_field.enabled=false`` and ``masking.content_fraction=1`` (configs/pretrain/vit*_dinov2.yaml).
 """
 
 from __future__ import annotations
@@ -16,9 +19,17 @@ import copy
 import torch
 from torch import nn
 
-from .losses import TeacherTargets, dino_cls_loss, koleo_loss, masked_patch_loss
-from .models import DINOHead, build_vit
-from .models.from_config import backbone_config
+from ..data.collate import MaskingCollator
+from ..data.dataset import SSLDataset
+from ..data.folder import ImageFolderDataset
+from ..data.multicrop import MultiCropAugmentation
+from ..data.position_aug import PositionScaleAugmentation
+from ..engine.health import UniformOutputMonitor
+from ..engine.schedules import CosineSchedule
+from ..losses import TeacherTargets, dino_cls_loss, koleo_loss, masked_patch_loss
+from ..models import DINOHead, VisionTransformer, build_vit
+from ..models.from_config import backbone_config
+from .base import PretrainingMethod
 
 
 def uses_content_masking(cfg) -> bool:
@@ -42,8 +53,64 @@ def _zero_from(params) -> torch.Tensor:
     return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
-class SSLMetaArch(nn.Module):
+class _UniformHeadWatch:
+    """The DINO term of :class:`UniformOutputMonitor` as a method health monitor."""
+
+    event = "uniform_dino_outputs"
+
+    def __init__(self, n_prototypes: int, start_iteration: int):
+        self.monitor = UniformOutputMonitor(n_prototypes, start_iteration)
+
+    def update(self, iteration: int, terms: dict) -> str | None:
+        return self.monitor.update(iteration, terms["dino"])
+
+
+class IntertwinedDistillation(PretrainingMethod):
     """Holds ``student`` and ``teacher`` (``nn.ModuleDict`` of backbone and heads) and computes the losses."""
+
+    name = "intertwined"
+    loss_terms = ("dino", "ibot", "pos", "koleo")
+
+    @classmethod
+    def build_dataset(cls, cfg, images: ImageFolderDataset) -> SSLDataset:
+        c, pf = cfg.crops, cfg.pos_field
+        multicrop = MultiCropAugmentation(
+            global_size=c.global_size,
+            local_size=c.local_size,
+            n_global=c.n_global,
+            n_local=c.n_local,
+            global_scale=tuple(c.global_scale),
+            local_scale=tuple(c.local_scale),
+            photometric=c.photometric,
+            blur_prob=tuple(c.blur_prob),
+            grayscale_prob=c.grayscale_prob,
+        )
+        mode = pf.scale_dist if pf.enabled else "none"
+        position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
+        return SSLDataset(images, multicrop, position_aug, seed=cfg.train.seed)
+
+    @classmethod
+    def build_collator(cls, cfg) -> MaskingCollator:
+        g = cfg.crops.global_size // cfg.model.patch_size
+        m = cfg.masking
+        return MaskingCollator(
+            (g, g), tuple(m.ratio), m.mask_probability, m.content_fraction, m.content_shape, m.pos_shape
+        )
+
+    @classmethod
+    def schedules(cls, cfg, iters_per_epoch: int, total: int) -> dict:
+        t = cfg.teacher
+        warm = int(t.warmup_temp_epochs * iters_per_epoch)
+        return {
+            "momentum": CosineSchedule(t.momentum, t.final_momentum, total),
+            "teacher_temp": CosineSchedule(t.temp, t.temp, total, warm, start_warmup=t.warmup_temp),
+        }
+
+    @classmethod
+    def effective_epochs(cls, cfg) -> float:
+        """iBOT's effective epochs: epochs x (n_global + n_local x (local/global)^2)."""
+        c = cfg.crops
+        return cfg.optim.epochs * (c.n_global + c.n_local * (c.local_size / c.global_size) ** 2)
 
     def __init__(self, cfg):
         super().__init__()
@@ -55,12 +122,12 @@ class SSLMetaArch(nn.Module):
         def head() -> DINOHead:
             return DINOHead(
                 d,
-                int(h.n_prototypes),
-                int(h.hidden_dim),
-                int(h.bottleneck_dim),
-                int(h.nlayers),
-                last_layer_init=str(h.last_layer_init),
-                gain=str(h.last_layer_gain),
+                h.n_prototypes,
+                h.hidden_dim,
+                h.bottleneck_dim,
+                h.nlayers,
+                last_layer_init=h.last_layer_init,
+                gain=h.last_layer_gain,
             )
 
         student = {"backbone": backbone, "dino_head": head()}
@@ -75,10 +142,10 @@ class SSLMetaArch(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
-        k = int(h.n_prototypes)
-        self.dino_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
-        self.ibot_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
-        self.pos_targets = TeacherTargets(lc.targets, k, int(lc.sk_iterations), float(lc.center_momentum))
+        k = h.n_prototypes
+        self.dino_targets = TeacherTargets(lc.targets, k, lc.sk_iterations, lc.center_momentum)
+        self.ibot_targets = TeacherTargets(lc.targets, k, lc.sk_iterations, lc.center_momentum)
+        self.pos_targets = TeacherTargets(lc.targets, k, lc.sk_iterations, lc.center_momentum)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -103,11 +170,24 @@ class SSLMetaArch(nn.Module):
             targets["pos"] = self.pos_targets(self.teacher["pos_head"](patches), teacher_temp)
         return targets
 
-    def forward(self, batch: dict, teacher_temp: float) -> dict:
-        """Returns ``{"loss": weighted total, "dino", "ibot", "pos", "koleo": unweighted terms}``."""
+    def trainable_modules(self) -> nn.ModuleDict:
+        return self.student
+
+    def backbone_to_export(self) -> VisionTransformer:
+        return self.teacher["backbone"]
+
+    def health_monitor(self, schedules: dict) -> _UniformHeadWatch:
+        return _UniformHeadWatch(self.cfg.heads.n_prototypes, schedules["lr"].warmup)
+
+    def after_step(self, values: dict) -> None:
+        self.update_teacher(values["momentum"])
+
+    def forward(self, batch: dict, values: dict) -> dict:
+        """Returns ``{"loss": weighted total, "dino", "ibot", "pos", "koleo": unweighted terms}``; ``values`` gives
+        this iteration's ``teacher_temp``."""
         cfg = self.cfg.loss
         n_g, n_l = batch["n_global"], batch["n_local"]
-        targets = self.teacher_targets(batch, teacher_temp)
+        targets = self.teacher_targets(batch, values["teacher_temp"])
 
         s = self.student
         content = batch["content_masks"] if self.use_content else None
@@ -122,7 +202,7 @@ class SSLMetaArch(nn.Module):
         n_gb = g["cls"].shape[0]
         s_global = cls_logits[:n_gb].reshape(n_g, -1, k)
         s_local = cls_logits[n_gb:].reshape(n_l, -1, k) if n_l > 0 else None
-        temp = float(cfg.student_temp)
+        temp = cfg.student_temp
 
         terms = {"dino": dino_cls_loss(s_global, s_local, targets["cls"], temp)}
         zero = g["patch"].new_zeros(())
@@ -136,13 +216,13 @@ class SSLMetaArch(nn.Module):
             logits = s["pos_head"](g["patch"][pos])
             terms["pos"] = masked_patch_loss(logits, targets["pos"], pos, temp) + _keep_in_graph(s["pos_head"], logits)
         terms["koleo"] = zero
-        if float(cfg.koleo_weight) > 0:
-            terms["koleo"] = sum(koleo_loss(c, scope=str(cfg.koleo_scope)) for c in g["cls"].chunk(n_g))
+        if cfg.koleo_weight > 0:
+            terms["koleo"] = sum(koleo_loss(c, scope=cfg.koleo_scope) for c in g["cls"].chunk(n_g))
         total = (
-            float(cfg.dino_weight) * terms["dino"]
-            + float(cfg.ibot_weight) * terms["ibot"]
-            + float(cfg.pos_weight) * terms["pos"]
-            + float(cfg.koleo_weight) * terms["koleo"]
+            cfg.dino_weight * terms["dino"]
+            + cfg.ibot_weight * terms["ibot"]
+            + cfg.pos_weight * terms["pos"]
+            + cfg.koleo_weight * terms["koleo"]
         )
         idle = self.idle_backbone_parameters()
         terms["loss"] = total + _zero_from(idle) if idle else total

@@ -21,11 +21,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.data.toy import ensure_toy_data
+from tests.support.paths import REPO
+from toydata import ToySpec, ensure_toy_data
 from transfer.analysis.cls_knn import cls_knn_accuracy
 from transfer.analysis.probes import probe_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH_MARGIN = 0.02  # mIoU over the best random seed (measured margins in docs/demo_recipe.md)
 CLS_MARGIN = 0.03  # accuracy over the best random seed
 DINO_BELOW_LOG_K = 0.1
@@ -34,7 +34,7 @@ DINO_BELOW_LOG_K = 0.1
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
-    toy = ensure_toy_data(str(tmp / "toy"), seed=0)  # the defaults tools/pretrain.sh generates
+    toy = ensure_toy_data(str(tmp / "toy"), ToySpec())  # the defaults tools/pretrain.sh generates
     out = tmp / "demo"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=REPO)
     p = subprocess.run(

@@ -1,0 +1,255 @@
+"""The pretraining configuration schema: every key with its type, default, choices or range, and what it means.
+
+One dataclass per section; :func:`pretrain.engine.config.load_config` builds ``OmegaConf.structured(Config)``, so
+OmegaConf enforces the types on every merge (``train.log_every=abc`` is refused when the config is built), and
+:func:`check_values` checks the choices and ranges declared here, once. Defaults are the paper's ViT-S/16 recipe
+(its Table 6); ``docs/config.md`` lists every key (written from this module by ``python -m pretrain.engine.schema``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any  # noqa: UP035 - OmegaConf's structured configs read Optional[...], not X | None
+
+from omegaconf import MISSING
+
+
+def opt(default, doc: str, choices: tuple | None = None, minimum: float | None = None, maximum: float | None = None):
+    """A config field: its default, its documentation, and the choices or the inclusive range of its values."""
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = opt(
+        "vit_small", "backbone size", ("vit_pico", "vit_nano", "vit_tiny", "vit_small", "vit_base", "vit_large")
+    )
+    patch_size: int = opt(16, "patch size in pixels", minimum=1)
+    drop_path_rate: float = opt(0.1, "stochastic depth, linear over depth from 0 to this rate", minimum=0, maximum=1)
+    drop_path_uniform: bool = opt(False, "the same drop-path rate in every block")
+    layerscale: float = opt(1.0e-5, "LayerScale initial value; 0 disables LayerScale", minimum=0)
+    num_register_tokens: int = opt(0, "register tokens", minimum=0)
+    qkv_bias: bool = opt(True, "bias in the attention's qkv projection")
+    pos_embed_interpolation: str = opt(
+        "dinov2",
+        "with the field off: how pos_embed is resized to another grid; dinov2 = bicubic by scale factor "
+        "(n + 0.1) / M as DINOv2's code, size = bicubic to the target size",
+        ("dinov2", "size"),
+    )
+
+
+@dataclass
+class PosFieldConfig:
+    enabled: bool = opt(True, "the learnable position field; false = a learned pos_embed (DINOv2, no sampling)")
+    size: list[int] = opt([50, 50], "field size in patches (rows, columns); paper Table 4b")
+    init: str = opt("trunc_normal", "field initialisation", ("trunc_normal", "sincos"))
+    scale_dist: str = opt(
+        "beta",
+        "distribution of the virtual-image scale (Table 4a); none = image = virtual image",
+        ("beta", "uniform", "const", "none"),
+    )
+    s_min: float = opt(0.2, "smallest scale", minimum=0)
+    s_max: float = opt(1.0, "largest scale", minimum=0)
+    beta: list[float] = opt([2.0, 5.0], "Beta(a, b) of the scale")
+    enclose: str = opt("all", "which crops the translation must keep inside the virtual image", ("all", "global"))
+
+
+@dataclass
+class MaskingConfig:
+    mask_probability: float = opt(1.0, "share of global crops masked at all (DINOv2: 0.5)", minimum=0, maximum=1)
+    content_fraction: float = opt(
+        0.5, "among masked crops, the share with content masking; the rest get position masking", minimum=0, maximum=1
+    )
+    ratio: list[float] = opt([0.1, 0.5], "range of the masked share of patches, stratified over the batch")
+    content_shape: str = opt("box", "content mask shape", ("box", "cross"))
+    pos_shape: str = opt("cross", "position mask shape (Table 5a)", ("cross", "box"))
+
+
+@dataclass
+class HeadsConfig:
+    n_prototypes: int = opt(65536, "prototypes K of every head", minimum=2)
+    bottleneck_dim: int = opt(256, "bottleneck width", minimum=1)
+    hidden_dim: int = opt(2048, "MLP width", minimum=1)
+    nlayers: int = opt(3, "MLP layers", minimum=1)
+    ibot_separate: bool = opt(True, "a separate iBOT head (the position head is always separate)")
+    last_layer_init: str = opt(
+        "pytorch_default",
+        "last layer init: pytorch_default = nn.Linear's, drawn after the MLP's (DINOv2's code) | trunc_normal",
+        ("pytorch_default", "trunc_normal"),
+    )
+    last_layer_gain: str = opt(
+        "fixed",
+        "weight-normalised last layer's gain: fixed = 1 (paper Table 6, iBOT) | learned (DINOv2's code)",
+        ("fixed", "learned"),
+    )
+
+
+@dataclass
+class LossConfig:
+    dino_weight: float = opt(1.0, "weight of the DINO CLS loss", minimum=0)
+    ibot_weight: float = opt(1.0, "weight of the masked-content loss", minimum=0)
+    pos_weight: float = opt(1.0, "weight of the masked-position loss", minimum=0)
+    koleo_weight: float = opt(1.0, "weight of KoLeo (paper: 1; DINOv2: 0.1)", minimum=0)
+    koleo_scope: str = opt(
+        "local",
+        "KoLeo's neighbours: local = per process (DINOv2's code) | global = over all processes",
+        ("local", "global"),
+    )
+    student_temp: float = opt(0.1, "student softmax temperature", minimum=1e-6)
+    targets: str = opt("sinkhorn_knopp", "teacher targets", ("sinkhorn_knopp", "centering"))
+    sk_iterations: int = opt(3, "Sinkhorn-Knopp iterations", minimum=1)
+    center_momentum: float = opt(0.9, "centering momentum (targets=centering)", minimum=0, maximum=1)
+
+
+@dataclass
+class TeacherConfig:
+    temp: float = opt(0.04, "teacher temperature after warm-up", minimum=1e-6)
+    warmup_temp: float = opt(0.04, "teacher temperature at the start of its warm-up", minimum=1e-6)
+    warmup_temp_epochs: float = opt(0, "teacher temperature warm-up, epochs", minimum=0)
+    momentum: float = opt(0.992, "EMA momentum at the start (cosine to final_momentum)", minimum=0, maximum=1)
+    final_momentum: float = opt(1.0, "EMA momentum at the end", minimum=0, maximum=1)
+
+
+@dataclass
+class CropsConfig:
+    global_size: int = opt(224, "global crop size in pixels (a multiple of model.patch_size)", minimum=1)
+    local_size: int = opt(96, "local crop size in pixels (a multiple of model.patch_size)", minimum=1)
+    n_global: int = opt(2, "global crops (the DINO loss pairs two)", minimum=2, maximum=2)
+    n_local: int = opt(8, "local crops", minimum=0)
+    global_scale: list[float] = opt([0.32, 1.0], "RandomResizedCrop area range of global crops")
+    local_scale: list[float] = opt([0.05, 0.32], "RandomResizedCrop area range of local crops")
+    photometric: bool = opt(True, "colour jitter, grayscale, blur and solarisation")
+    grayscale_prob: float = opt(0.2, "grayscale probability (DINOv2)", minimum=0, maximum=1)
+    blur_prob: list[float] = opt(
+        [0.0, 0.9, 0.5], "blur probability of global crop 1, global crop 2, local crops (DINOv2's code)"
+    )
+
+
+@dataclass
+class OptimConfig:
+    epochs: float = opt(100, "training epochs (see train.epoch_length)", minimum=1e-9)
+    base_lr: float = opt(2.0e-3, "learning rate before the scaling rule", minimum=0)
+    lr_scaling: str = opt("sqrt_wrt_1024", "lr scaling by total batch", ("sqrt_wrt_1024", "linear_wrt_256", "none"))
+    lr: float | None = opt(None, "filled from base_lr by the scaling rule (a value given here is replaced)")
+    warmup_epochs: float = opt(10, "linear lr warm-up, epochs", minimum=0)
+    min_lr: float = opt(1.0e-6, "final lr of the cosine schedule", minimum=0)
+    weight_decay: float = opt(0.04, "weight decay at the start (cosine to weight_decay_end)", minimum=0)
+    weight_decay_end: float = opt(0.4, "weight decay at the end", minimum=0)
+    clip_grad: float = opt(3.0, "gradient-norm threshold; 0 = no clipping", minimum=0)
+    clip_grad_scope: str = opt(
+        "per_module",
+        "per_module = backbone and each head alone (DINOv2's code) | joint = one norm",
+        ("per_module", "joint"),
+    )
+    decay_tokens_and_positions: bool = opt(
+        True, "true: only biases, norms, LayerScale exempt from decay (DINOv2's code); false: also tokens and positions"
+    )
+    freeze_last_layer_epochs: float = opt(1, "epochs with the heads' last layers frozen", minimum=0)
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+
+
+@dataclass
+class TrainConfig:
+    data: str = opt(MISSING, "image folder (recursive) or a text file listing image paths")
+    output_dir: str = opt("outputs/run", "checkpoints, logs, metrics and backbone.pth")
+    batch_size_per_gpu: int = opt(64, "batch per process; total batch = this x processes (paper: 512)", minimum=1)
+    epoch_length: int = opt(
+        0, "iterations per epoch: 0 = one pass over the data; N = N iterations (DINOv2's code: 1250)", minimum=0
+    )
+    num_workers: int = opt(8, "data-loader workers per process", minimum=0)
+    seed: int = opt(0, "seed of the data order, crops, masks and initialisation", minimum=0)
+    precision: str = opt("auto", "auto = bf16 on GPU, fp32 on CPU", ("auto", "bf16", "fp32"))
+    checkpoint_every: int = opt(1000, "iterations between checkpoints", minimum=1)
+    keep_checkpoints: int = opt(2, "checkpoints kept", minimum=1)
+    log_every: int = opt(10, "iterations between log lines", minimum=1)
+    max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row", minimum=1)
+    max_iterations: int = opt(0, "stop early after this many iterations (0 = full schedule)", minimum=0)
+
+
+@dataclass
+class Config:
+    method: str = opt("intertwined", "the pretraining method: a name in pretrain.methods.METHODS")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pos_field: PosFieldConfig = field(default_factory=PosFieldConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    crops: CropsConfig = field(default_factory=CropsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def fields_of(cls=Config, prefix: str = ""):
+    """``(dotted key, dataclass field)`` of every leaf key, in declaration order."""
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            yield from fields_of(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def check_value(key: str, value: Any, meta: dict) -> str | None:
+    """What is wrong with ``value`` for ``key`` by the choices or range declared in the schema, or None."""
+    choices, lo, hi = meta.get("choices"), meta.get("minimum"), meta.get("maximum")
+    if choices is not None and value not in choices:
+        return f"{key} must be one of {list(choices)}, got {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return f"{key} must be finite, got {value}"
+        if lo is not None and value < lo:
+            return f"{key} must be >= {lo:g}, got {value}"
+        if hi is not None and value > hi:
+            return f"{key} must be <= {hi:g}, got {value}"
+    return None
+
+
+def _range_text(lo, hi) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f">= {lo:g}"
+    if lo is None:
+        return f"<= {hi:g}"
+    return f"[{lo:g}, {hi:g}]"
+
+
+def _yaml_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def reference_markdown() -> str:
+    """``docs/config.md``: every key, its default and its meaning, as a Markdown table."""
+    lines = [
+        "# Pretraining configuration reference",
+        "",
+        "Every key of `pretrain/engine/schema.py`, with its default (the paper's ViT-S/16 recipe) and its choices or",
+        "range. Written by `python -m pretrain.engine.schema > docs/config.md`; a test checks that it is current.",
+        "",
+        "| key | default | values | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, f in fields_of():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = "required" if default is MISSING else default
+        meta = f.metadata
+        if meta["choices"]:
+            values = " \\| ".join(str(c) for c in meta["choices"])
+        else:
+            values = _range_text(meta["minimum"], meta["maximum"])
+        lines.append(f"| `{key}` | `{_yaml_text(default)}` | {values} | {meta['doc']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())
