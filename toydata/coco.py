@@ -25,9 +25,8 @@ from toydata.spec import GENERATOR_VERSION
 #: COCO categories of the toy instance set: one per shape of :data:`toydata.scenes.SHAPES`, ids from 1 as in COCO.
 COCO_CATEGORIES = tuple({"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES))
 _CATEGORY_IDS = {c["name"]: c["id"] for c in COCO_CATEGORIES}
-# The description names the module that wrote the first sets; it is kept so that the annotation files stay
-# byte-identical across the generator's move (changing it means bumping GENERATOR_VERSION).
-_DESCRIPTION = "ssl-vit-toolkit toy COCO instance set (amodal polygons, see pretrain/data/toy.py)"
+# Part of the annotation files' bytes: changing it means bumping GENERATOR_VERSION.
+_DESCRIPTION = "ssl-vit-toolkit toy COCO instance set (amodal polygons, see the toydata package)"
 
 
 def _annotation(obj: dict, ann_id: int, image_id: int) -> dict:

@@ -17,11 +17,11 @@ SMALL = ToySpec(
 )
 #: SMALL with fewer images, for the tests that generate several roots
 TINY = ToySpec(images=ImagesSpec(num=2, size=96), coco=CocoSpec(2, 1, size=160), ade=AdeSpec(2, 1, size=128))
-#: The marker GENERATOR_VERSION 3 wrote for SMALL before the generator moved to toydata/ (bytes, newline included)
+#: The marker GENERATOR_VERSION 4 writes for SMALL (bytes, newline included)
 SMALL_MARKER = (
     '{"ade":{"num_classes":6,"num_train":6,"num_val":4,"size":[128,128]},'
     '"coco":{"num_train":8,"num_val":4,"size":[160,160]},'
-    '"images":{"num":6,"scenes":"texture","size":[96,96]},"seed":0,"version":3}\n'
+    '"images":{"num":6,"scenes":"texture","size":[96,96]},"seed":0,"version":4}\n'
 )
 
 

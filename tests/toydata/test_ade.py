@@ -69,7 +69,7 @@ def test_make_toy_ade_rejects_an_unknown_appearance_before_writing(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-# MMSeg 1.2.2's own configs/_base_/datasets/ade20k.py passes reduce_zero_label=True to LoadAnnotations (it warns)
+# MMSeg 1.2.2's own _base_/datasets/ade20k.py config passes reduce_zero_label=True to LoadAnnotations (it warns)
 @pytest.mark.filterwarnings("ignore:`reduce_zero_label` will be deprecated")
 def test_ade_set_loads_in_mmseg_with_and_without_the_toy_metainfo(toy_root):
     from mmseg.datasets import ADE20KDataset

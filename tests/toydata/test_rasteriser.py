@@ -1,4 +1,4 @@
-"""The polygon rasteriser: pycocotools' rule, against the pixel-centre rule and generator version 3's rasteriser."""
+"""The polygon rasteriser: pycocotools' rule, against the pixel-centre rule and the former numpy rasteriser."""
 
 from __future__ import annotations
 
@@ -83,8 +83,9 @@ def test_polygon_mask_differs_from_the_centre_rule_only_at_the_outline():
     assert area > 50_000 and differing / area < 0.03, (area, differing)
 
 
-def test_polygon_mask_is_the_rasteriser_that_wrote_generator_version_3():
-    # the sets of GENERATOR_VERSION 3 were painted with _coco_rule_reference; pycocotools must reproduce it exactly
+def test_polygon_mask_equals_the_former_numpy_rasteriser():
+    # the sets of GENERATOR_VERSION 3 (and 4: the same pixels) were painted with _coco_rule_reference; pycocotools
+    # must reproduce it exactly
     rng = np.random.default_rng(123)
     for _ in range(300):
         h, w = (int(v) for v in rng.integers(8, 70, size=2))

@@ -49,16 +49,16 @@ def test_spec_normalises_counts_and_sizes():
 
 
 def test_default_spec_marker_equals_the_marker_of_existing_default_sets():
-    # what GENERATOR_VERSION 3 wrote for the defaults (data/toy): ensure_toy_data compares json.load(marker) to this
+    # what GENERATOR_VERSION 4 writes for the defaults (data/toy): ensure_toy_data compares json.load(marker) to this
     written = (
         '{"ade":{"num_classes":6,"num_train":24,"num_val":8,"size":[256,256]},'
         '"coco":{"num_train":24,"num_val":8,"size":[256,256]},'
-        '"images":{"num":256,"scenes":"texture","size":[160,160]},"seed":0,"version":3}'
+        '"images":{"num":256,"scenes":"texture","size":[160,160]},"seed":0,"version":4}'
     )
     assert ToySpec().marker() == json.loads(written)
 
 
-def test_ensure_toy_data_writes_the_marker_bytes_of_generator_version_3(toy_root):
+def test_ensure_toy_data_writes_the_documented_marker_bytes(toy_root):
     with open(toy_root["marker"], encoding="ascii", newline="") as f:
         assert f.read() == SMALL_MARKER
 
