@@ -18,12 +18,12 @@ see :func:`pretrain.seeding.mix_seeds`), so the same samples give the same masks
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from pretrain.seeding import mix_seeds
 from pretrain.data.masking import BoxMaskGenerator, CrossMaskGenerator, check_grid_size
+from pretrain.seeding import mix_seeds
 
 __all__ = ["MASK_SHAPES", "MaskingCollator", "stratified_mask_counts"]
 

@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from pretrain.data.folder import ImageFolderDataset
-from pretrain.seeding import mix_seeds
 from pretrain.data.multicrop import MultiCropAugmentation
 from pretrain.data.position_aug import PositionScaleAugmentation
+from pretrain.seeding import mix_seeds
 
 __all__ = ["SSLDataset"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from PIL import Image
 
@@ -164,4 +164,3 @@ class ImageFolderDataset:
                 except Exception as error:  # noqa: BLE001
                     self._mark_bad(index, error)
         return self.num_skipped
-

@@ -18,7 +18,7 @@ per sample inside a forked RNG scope, so a sample is reproducible from ``(seed, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -27,7 +27,6 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
-
 
 #: Aspect-ratio range of the random resized crops (torchvision's and DINOv2's default).
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

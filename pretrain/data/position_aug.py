@@ -26,7 +26,7 @@ draws (the a-th order statistic of ``n`` uniforms is Beta(a, n - a + 1)); for no
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
