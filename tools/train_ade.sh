@@ -27,8 +27,8 @@ if [ ! -x "$PY" ]; then
   "$ROOT/tools/install.sh"
   PY="$ROOT/.venv/bin/python"
 fi
-if [ "$#" -lt 2 ]; then
-  exec "$PY" -c 'import sys; sys.path.insert(0, sys.argv[1]); from transfer.segmenter.sweep import parse_args; parse_args(["-h"])' "$ROOT"
-fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$#" -lt 2 ]; then
+  exec "$PY" -m transfer.segmenter.sweep -h
+fi
 exec "$PY" -m transfer.segmenter.sweep "$@"
