@@ -3,6 +3,9 @@ libraries' own loaders, independent of transfer.convert."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,6 +165,14 @@ def convert(tmp_path, src, target, *extra, name=None):
     rc = main(["--src", str(src), "--dst", dst, "--target", target, *extra])
     assert rc == 0
     return dst
+
+
+def convert_logged(directory, src, target, *extra, name=None):
+    """``convert`` with its printed summary captured (module-scoped fixtures cannot use capsys): ``(dst, stdout)``."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        dst = convert(directory, src, target, *extra, name=name)
+    return dst, buf.getvalue()
 
 
 def saved(obj, path):

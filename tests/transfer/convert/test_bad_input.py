@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import pytest
 import torch
 
 from pretrain.export import export_backbone
@@ -41,58 +42,92 @@ def _exported_with(tmp_path, edit):
     return src
 
 
-def test_bad_non_checkpoint_file(tmp_path, capsys):
+def test_a_text_file_is_refused_as_not_a_pytorch_checkpoint(tmp_path, capsys):
     src = tmp_path / "notes.txt"
     src.write_text("this is not a checkpoint\n")
     _fails(tmp_path, capsys, src, expect=("not a PyTorch checkpoint",))
+
+
+def test_a_missing_source_file_is_refused_as_not_found(tmp_path, capsys):
     _fails(tmp_path, capsys, tmp_path / "missing.pth", expect=("not found",))
 
 
-def test_bad_unknown_layout(tmp_path, capsys):
-    src = tmp_path / "weird.pth"
-    torch.save({"encoder_layers": {"w": torch.zeros(3)}, "epoch": 3}, src)
-    _fails(tmp_path, capsys, src, expect=("unknown checkpoint layout", "epoch"))
-    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, src)
-    _fails(tmp_path, capsys, src, expect=("unknown checkpoint layout", "conv1.weight"))
-    torch.save([torch.zeros(2)], src)
-    _fails(tmp_path, capsys, src, expect=("unknown checkpoint layout", "list"))
+@pytest.mark.parametrize(
+    "obj, named",
+    [
+        ({"encoder_layers": {"w": torch.zeros(3)}, "epoch": 3}, "epoch"),
+        ({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, "conv1.weight"),
+        ([torch.zeros(2)], "list"),
+    ],
+    ids=["nested-dict", "resnet-state-dict", "list"],
+)
+def test_an_unknown_layout_is_refused_naming_what_the_file_holds(tmp_path, capsys, obj, named):
+    src = saved(obj, tmp_path / "weird.pth")
+    _fails(tmp_path, capsys, src, expect=("unknown checkpoint layout", named))
 
 
-def test_bad_missing_tensor(tmp_path, capsys):
+def test_a_missing_block_tensor_is_refused_naming_it(tmp_path, capsys):
     src = _exported_with(tmp_path, lambda sd: sd.pop("blocks.1.mlp.fc2.weight"))
     _fails(tmp_path, capsys, src, expect=("missing tensor", "blocks.1.mlp.fc2.weight"))
+
+
+def test_a_missing_position_field_is_refused_as_a_missing_position_embedding(tmp_path, capsys):
     src = _exported_with(tmp_path, lambda sd: sd.pop("pos_field.field"))
     _fails(tmp_path, capsys, src, expect=("missing position embedding", "pos_field.field"))
 
 
-def test_bad_wrong_shape(tmp_path, capsys):
+def test_a_wrongly_shaped_tensor_is_refused_naming_it_and_its_shape(tmp_path, capsys):
     src = _exported_with(tmp_path, lambda sd: sd.__setitem__("blocks.0.attn.proj.weight", torch.zeros(D, D + 1)))
     _fails(tmp_path, capsys, src, expect=("wrong shape", "blocks.0.attn.proj.weight", "(64, 65)"))
 
 
-def test_bad_unknown_key(tmp_path, capsys):
+def test_an_unknown_key_is_refused_naming_it(tmp_path, capsys):
     src = _exported_with(tmp_path, lambda sd: sd.__setitem__("blocks.0.attn.q_norm.weight", torch.ones(32)))
     _fails(tmp_path, capsys, src, expect=("unknown key", "blocks.0.attn.q_norm.weight"))
 
 
-def test_bad_registers_for_mmseg_without_drop(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def exported_with_registers(tmp_path_factory):
+    torch.manual_seed(0)
     model = ours_model(field=True, regs=2)
-    src = tmp_path / "backbone.pth"
+    src = tmp_path_factory.mktemp("registers") / "backbone.pth"
     export_backbone(model, src)
-    _fails(tmp_path, capsys, src, "mmseg", expect=("2 register tokens", "--drop-registers"))
-    _fails(tmp_path, capsys, src, "detectron2", expect=("register tokens", "--keep-tokens"))
+    return src
 
 
-def test_bad_python_objects_need_unsafe_load(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "target, expect",
+    [("mmseg", ("2 register tokens", "--drop-registers")), ("detectron2", ("register tokens", "--keep-tokens"))],
+)
+def test_registers_are_refused_for_a_target_without_them_naming_the_flag_that_decides(
+    tmp_path, capsys, exported_with_registers, target, expect
+):
+    _fails(tmp_path, capsys, exported_with_registers, target, expect=expect)
+
+
+@pytest.fixture(scope="module")
+def dino_like_with_python_objects(tmp_path_factory):
+    """An MAE checkpoint carrying an ``argparse.Namespace``, as old DINO/iBOT checkpoints do."""
+    torch.manual_seed(0)
     ckpt, _ = mae_checkpoint()
-    ckpt["args"] = argparse.Namespace(arch="vit_small")  # as in old DINO/iBOT checkpoints
-    src = saved(ckpt, tmp_path / "dino_like.pth")
+    ckpt["args"] = argparse.Namespace(arch="vit_small")
+    return saved(ckpt, tmp_path_factory.mktemp("dino_like") / "dino_like.pth")
+
+
+def test_python_objects_in_a_checkpoint_are_refused_without_unsafe_load(
+    tmp_path, capsys, dino_like_with_python_objects
+):
+    src = dino_like_with_python_objects
     _fails(tmp_path, capsys, src, "timm", "--num-heads", "2", expect=("--unsafe-load", "non-tensor"))
+
+
+def test_python_objects_in_a_checkpoint_convert_with_unsafe_load(tmp_path, dino_like_with_python_objects):
+    src = dino_like_with_python_objects
     dst = convert(tmp_path, src, "timm", "--grid", "4", "4", "--num-heads", "2", "--unsafe-load")
     assert os.path.exists(dst)
 
 
-def test_bad_heads_not_inferable(tmp_path, capsys):
+def test_heads_not_inferable_from_the_width_are_refused_asking_for_num_heads(tmp_path, capsys):
     ckpt, _ = mae_checkpoint()
     src = saved(ckpt, tmp_path / "mae.pth")
     _fails(tmp_path, capsys, src, expect=("num_heads", "--num-heads", "embed_dim 64"))

@@ -15,8 +15,10 @@ from transfer.vitdet.checkpoint import (  # noqa: E402
     read_backbone_arch,
 )
 
+TOY_CFG = os.path.join(CFG_DIR, "mask_rcnn_vit_tiny_toy.py")
 
-def test_read_backbone_arch(tmp_path):
+
+def test_read_backbone_arch_returns_the_architecture_recorded_in_a_converted_checkpoint(tmp_path):
     p = str(tmp_path / "c.pth")
     _converted_checkpoint(p, tokens=True)
     arch = read_backbone_arch(p)
@@ -60,30 +62,60 @@ def test_init_checkpoint_mismatch_fails_naming_the_key(tmp_path, edit, key, what
     assert key in str(e.value)
 
 
-def test_good_init_checkpoint_loads_exactly(tmp_path):
-    p = str(tmp_path / "c.pth")
+@pytest.fixture(scope="module")
+def loaded_tiny_model(tmp_path_factory):
+    """The tiny Mask R-CNN after a ``strict="backbone"`` load of a converted checkpoint (and that file's tensors)."""
+    p = str(tmp_path_factory.mktemp("good") / "c.pth")
     sd = _converted_checkpoint(p)
     _, model = _tiny_model()
     StrictDetectionCheckpointer(model, strict="backbone").load(p, checkpointables=[])
+    return p, sd, model
+
+
+def test_a_good_init_checkpoint_loads_every_backbone_tensor_exactly(loaded_tiny_model):
+    _, sd, model = loaded_tiny_model
     msd = model.state_dict()
     for k, v in sd.items():
         assert torch.equal(msd[k], v), k
-    # strict="all" (evaluation / resume) also wants the heads
+
+
+def test_strict_all_loading_also_wants_the_heads(loaded_tiny_model):
+    """strict="all" is for evaluation and resuming: a backbone-only file is an error there."""
+    p, _, model = loaded_tiny_model
     with pytest.raises(CheckpointMismatchError, match="missing in checkpoint: backbone.simfp_2"):
         StrictDetectionCheckpointer(model, strict="all").load(p, checkpointables=[])
 
 
-def test_config_override_contradicting_checkpoint_is_an_error(tmp_path):
+@pytest.fixture(scope="module")
+def checkpoint_with_tokens(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("override")
+    p = str(tmp / "c.pth")
+    _converted_checkpoint(p, tokens=True)
+    return tmp, p
+
+
+@pytest.fixture(scope="module")
+def config_from_checkpoint(checkpoint_with_tokens):
     from transfer.vitdet.train import build_parser, setup_config
 
-    p = str(tmp_path / "c.pth")
-    _converted_checkpoint(p, tokens=True)
-    cfg_file = os.path.join(CFG_DIR, "mask_rcnn_vit_tiny_toy.py")
-    args = build_parser().parse_args(["--config-file", cfg_file, "--init", p, "--output", str(tmp_path / "o")])
-    cfg = setup_config(args)
-    net = cfg.model.backbone.net
+    tmp, p = checkpoint_with_tokens
+    args = build_parser().parse_args(["--config-file", TOY_CFG, "--init", p, "--output", str(tmp / "o")])
+    return setup_config(args)
+
+
+def test_setup_config_takes_the_backbone_architecture_from_the_init_checkpoint(config_from_checkpoint):
+    net = config_from_checkpoint.model.backbone.net
     assert (net.embed_dim, net.depth, net.num_heads, net.pretrain_img_size, net.use_cls_token) == (64, 2, 2, 128, True)
-    assert cfg.train.device == ("cuda" if torch.cuda.is_available() else "cpu")
-    args = build_parser().parse_args(["--config-file", cfg_file, "--init", p, "model.backbone.net.embed_dim=96"])
+
+
+def test_setup_config_trains_on_cuda_when_available_else_cpu(config_from_checkpoint):
+    assert config_from_checkpoint.train.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_config_override_contradicting_the_checkpoint_is_an_error(checkpoint_with_tokens):
+    from transfer.vitdet.train import build_parser, setup_config
+
+    _, p = checkpoint_with_tokens
+    args = build_parser().parse_args(["--config-file", TOY_CFG, "--init", p, "model.backbone.net.embed_dim=96"])
     with pytest.raises(ValueError, match="embed_dim=96"):
         setup_config(args)
