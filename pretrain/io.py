@@ -34,7 +34,18 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, (OSError, RuntimeError)):  # torch reports a full disk as "enforce fail ... unexpected pos"
+            free = _free_bytes(directory)
+            raise OSError(f"writing {path} failed ({error}); {free / 2**30:.2f} GiB free in {directory}") from error
         raise
+
+
+def _free_bytes(directory: str) -> float:
+    try:
+        st = os.statvfs(directory)
+        return float(st.f_bavail * st.f_frsize)
+    except OSError:
+        return float("nan")

@@ -32,6 +32,14 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return files[-1] if files else None
 
 
+def remove_stale_temporaries(output_dir: str) -> list[str]:
+    """Delete the temporary files an interrupted checkpoint write left in ``output_dir/checkpoints``; returns them."""
+    stale = sorted(glob.glob(os.path.join(checkpoint_dir(output_dir), ".tmp-*.pth")))
+    for path in stale:
+        os.unlink(path)
+    return stale
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": _python_state_to_list(random.getstate())}
     if torch.cuda.is_available():

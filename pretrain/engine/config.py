@@ -115,6 +115,9 @@ def validate(cfg: DictConfig) -> None:
         lo, hi = OmegaConf.select(cfg, key)
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError(f"{key} must satisfy 0 <= lo <= hi <= 1, got {[lo, hi]}")
+    for key in ("optim.warmup_epochs", "teacher.warmup_temp_epochs", "optim.freeze_last_layer_epochs"):
+        if OmegaConf.select(cfg, key) > cfg.optim.epochs:
+            raise ConfigError(f"{key} ({OmegaConf.select(cfg, key):g}) must be <= optim.epochs ({cfg.optim.epochs:g})")
     if cfg.crops.global_size % cfg.model.patch_size or cfg.crops.local_size % cfg.model.patch_size:
         raise ConfigError("crops.global_size and crops.local_size must be multiples of model.patch_size")
 

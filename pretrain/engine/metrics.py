@@ -18,6 +18,29 @@ def format_seconds(s: float) -> str:
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def drop_rows_from(path: str, iteration: int) -> int:
+    """Remove the rows of a ``metrics.jsonl`` at or after ``iteration`` (a resumed run logs them again); returns
+    how many were removed. The file is rewritten atomically; a missing file is left missing."""
+    if iteration <= 0 or not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _row_iteration(line) < iteration]
+    if len(kept) < len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _row_iteration(line: str) -> float:
+    try:
+        return float(json.loads(line).get("iteration", -1))
+    except (ValueError, AttributeError):
+        return float("inf")  # a torn last line from a kill: dropped
+
+
 class MetricWriter:
     """Writes ``metrics.jsonl`` (one object per logged iteration) and TensorBoard scalars under ``output_dir``."""
 
@@ -30,11 +53,14 @@ class MetricWriter:
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", buffering=1)
+        path = os.path.join(output_dir, "metrics.jsonl")
+        drop_rows_from(path, start_iteration)
+        self.jsonl = open(path, "a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+            # purge_step: events at or after the resumed iteration (logged before the interruption) are dropped
+            self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_iteration or None)
         except ImportError:  # tensorboard is optional on GPU nodes that only carry torch/timm
             logger.warning("tensorboard not installed: TensorBoard logging disabled (metrics.jsonl still written)")
 

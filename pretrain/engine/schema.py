@@ -155,6 +155,66 @@ class OptimConfig:
 
 
 @dataclass
+class DropPosConfig:
+    """``method: droppos`` only (docs/droppos.md): the official code's defaults but target_norm and target_grid."""
+
+    mask_ratio: float = opt(
+        0.75,
+        "gamma: share of patches removed before the encoder; int(N * (1 - gamma)) stay visible",
+        minimum=0,
+        maximum=0.99,
+    )
+    pos_mask_ratio: float = opt(
+        0.75,
+        "gamma_pos: share of the visible patches whose position is dropped; int(V * (1 - gamma_pos)) keep it",
+        minimum=0,
+        maximum=1,
+    )
+    mask_token_type: str = opt(
+        "param",
+        "what replaces a dropped position: param = the learned [POSMASK] token; zeros; wrong_pos = the position "
+        "of another dropped patch of the image",
+        ("param", "zeros", "wrong_pos"),
+    )
+    pos_embed: str = opt(
+        "sincos",
+        "encoder positions: sincos = MAE's fixed 2-D sin-cos; sincos_learnable = initialised so, learned; "
+        "learned = our truncated-normal init, learned (paper Table S1)",
+        ("sincos", "sincos_learnable", "learned"),
+    )
+    init: str = opt(
+        "mae",
+        "weights: mae = xavier-uniform linears, std-0.02 tokens (official); ours = the ViT's own",
+        ("mae", "ours"),
+    )
+    decoder_depth: int = opt(2, "position decoder blocks", minimum=1)
+    decoder_dim: int = opt(512, "position decoder width", minimum=1)
+    decoder_heads: int = opt(16, "position decoder attention heads", minimum=1)
+    sigma: float = opt(1.0, "position smoothing sigma at the start (0 = one-hot targets)", minimum=0)
+    sigma_end: float = opt(0.0, "sigma at the end of the decay", minimum=0)
+    sigma_decay: str = opt(
+        "epoch",
+        "sigma from sigma to sigma_end: epoch = linear, updated once per epoch (official); iteration = every "
+        "iteration (paper Eq. 7); none = constant sigma",
+        ("epoch", "iteration", "none"),
+    )
+    target_norm: str = opt(
+        "rows",
+        "smoothed targets: rows = each row divided by its sum; official_broadcast = w / w.sum(-1) as the official "
+        "code (entry (i, j) divided by row sum j)",
+        ("rows", "official_broadcast"),
+    )
+    target_grid: str = opt(
+        "patches",
+        "distances of the smoothing: patches = on the patch grid; official_square = the official code's "
+        "(crop // grid)^2 square map, indexed by the flat patch index and cut to N x N",
+        ("patches", "official_square"),
+    )
+    attentive: bool = opt(True, "attentive reconstruction: weight each dropped patch by its CLS affinity")
+    tau: float = opt(0.1, "temperature of the CLS-patch cosine softmax", minimum=1e-6)
+
+
+@dataclass
 class TrainConfig:
     data: str = opt(MISSING, "image folder (recursive) or a text file listing image paths")
     output_dir: str = opt("outputs/run", "checkpoints, logs, metrics and backbone.pth")
@@ -170,6 +230,9 @@ class TrainConfig:
     log_every: int = opt(10, "iterations between log lines", minimum=1)
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row", minimum=1)
     max_iterations: int = opt(0, "stop early after this many iterations (0 = full schedule)", minimum=0)
+    resume_may_change: list[str] = opt(
+        [], "keys that may differ from the checkpoint's config on resume, besides logging and checkpointing ones"
+    )
 
 
 @dataclass
@@ -182,6 +245,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     crops: CropsConfig = field(default_factory=CropsConfig)
+    droppos: DropPosConfig = field(default_factory=DropPosConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

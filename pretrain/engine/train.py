@@ -25,10 +25,11 @@ from .. import distributed as du
 from ..data.folder import ImageFolderDataset
 from ..export import export_backbone
 from ..methods import PretrainingMethod, build_method, method_class
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from .config import config_hash, load_config, to_container
+from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, set_rng_state
+from .config import ConfigError, config_hash, load_config, to_container
 from .metrics import MetricWriter, format_seconds
 from .optim import apply_schedules, build_optimizer, clip_gradients
+from .resume import ResumeError, check_resume_config, read_newest_checkpoint
 from .sampler import PassIndexedDataset, StreamSampler
 from .schedules import build_schedules
 
@@ -98,8 +99,17 @@ def build_loader(cfg, dataset, start_iteration: int):
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals,
         prefetch_factor=2 if workers > 0 else None,
     )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers ignore SIGTERM/SIGINT: a signal to the whole process group (SLURM preemption,
+    ``timeout``, ``kill`` of torchrun) must reach the main process's handler, which checkpoints and then shuts
+    the workers down, instead of killing the workers first and the main process with them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -203,15 +213,36 @@ class Run:
     start: int
 
 
-def _resume(out_dir: str, model, optimizer, device) -> int:
-    """Load the newest checkpoint in ``out_dir`` if there is one; returns the next iteration."""
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is None:
-        return 0
-    state = load_checkpoint(ckpt, model, optimizer, map_location=device)
+def _resume(cfg, model, optimizer, device) -> tuple[int, list]:
+    """Load the newest readable checkpoint of ``train.output_dir`` after checking its config against ``cfg``;
+    returns the next iteration (0 without a checkpoint) and the allowed config changes."""
+    found = read_newest_checkpoint(cfg.train.output_dir, map_location=device)
+    if found is None:
+        return 0, []
+    path, state = found
+    changes = check_resume_config(state.get("config") or {}, to_container(cfg), path)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ResumeError(f"{path} does not fit the configured model ({reason})") from None
     set_rng_state(state["rng"])
-    logger.info("resumed from %s (next iteration %d)", ckpt, state["iteration"] + 1)
-    return state["iteration"] + 1
+    for key, old, new in changes:
+        logger.info("resume: %s changed from %r to %r (allowed)", key, old, new)
+    logger.info("resumed from %s (next iteration %d)", path, state["iteration"] + 1)
+    return state["iteration"] + 1, changes
+
+
+def _save_config(cfg, start: int, changes: list) -> None:
+    """``config.yaml`` of a new run; a resumed run keeps it and writes ``config.resume-<iteration>.yaml`` beside it
+    when its config differs in allowed keys (main process only)."""
+    out = cfg.train.output_dir
+    first = os.path.join(out, "config.yaml")
+    if start == 0 or not os.path.exists(first):
+        OmegaConf.save(cfg, first)
+    elif changes:
+        OmegaConf.save(cfg, os.path.join(out, f"config.resume-{start:08d}.yaml"))
 
 
 def prepare_run(cfg, device: torch.device) -> Run:
@@ -220,9 +251,10 @@ def prepare_run(cfg, device: torch.device) -> Run:
     setup_logging(out_dir)
     torch.manual_seed(cfg.train.seed)
     if du.is_main():
-        os.makedirs(out_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"))
-    images = ImageFolderDataset(cfg.train.data, validate=du.is_main())
+        for stale in remove_stale_temporaries(out_dir):
+            logger.info("removed %s, left by an interrupted checkpoint write", stale)
+    # headers only: a full decode of every image would keep the other processes waiting for minutes on ImageNet
+    images = ImageFolderDataset(cfg.train.data, validate="header" if du.is_main() else False)
     dataset = build_dataset(cfg, images=images)
     ipe = iterations_per_epoch(cfg, len(dataset))
     sched = build_schedules(cfg, ipe)
@@ -243,7 +275,9 @@ def prepare_run(cfg, device: torch.device) -> Run:
     )
     model = build_method(cfg).to(device)
     optimizer = build_optimizer(model.trainable_modules(), cfg)
-    start = _resume(out_dir, model, optimizer, device)
+    start, changes = _resume(cfg, model, optimizer, device)
+    if du.is_main():
+        _save_config(cfg, start, changes)
     ddp_model = model
     if du.is_dist():
         ddp_model = DistributedDataParallel(
@@ -278,9 +312,11 @@ def _skip_nonfinite(run: Run, writer: MetricWriter, it: int, in_a_row: int) -> N
     logger.warning("iteration %d: non-finite loss, step skipped (%d in a row)", it, in_a_row)
     writer.log_event(it, nonfinite_loss=True)
     if in_a_row >= run.cfg.train.max_nonfinite:
+        newest = latest_checkpoint(run.cfg.train.output_dir)
+        kept = f"The newest checkpoint, {newest}, is kept." if newest else "No checkpoint was written."
         raise TrainingStopped(
             f"{in_a_row} non-finite losses in a row (last at iteration {it}); lower optim.base_lr, check the data, "
-            f"or use train.precision=fp32. The newest checkpoint is kept in {run.cfg.train.output_dir}."
+            f"or use train.precision=fp32. {kept}"
         )
 
 
@@ -341,6 +377,7 @@ def train(cfg) -> dict:
         export_backbone(
             model.backbone_to_export(), backbone_path, config_hash=config_hash(cfg), iteration=it, method=cfg.method
         )
+        model.export_extras(cfg.train.output_dir)
         elapsed = format_seconds(time.perf_counter() - t_start)
         logger.info(
             "done: %d iterations in %s; teacher backbone exported to %s", stop_at - start, elapsed, backbone_path
@@ -360,6 +397,7 @@ def export_only(cfg) -> str:
     export_backbone(
         model.backbone_to_export(), path, config_hash=config_hash(cfg), iteration=iteration, method=cfg.method
     )
+    model.export_extras(cfg.train.output_dir)
     return path
 
 
@@ -370,7 +408,11 @@ def main(argv=None) -> int:
     ns = parser.parse_args(argv)
     files = [a for a in ns.args if "=" not in a]
     overrides = [a for a in ns.args if "=" in a]
-    cfg = load_config(files, overrides, world_size=adopt_slurm_environment(os.environ))
+    try:
+        cfg = load_config(files, overrides, world_size=adopt_slurm_environment(os.environ))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if ns.export_only:
         print(export_only(cfg))
         return 0
@@ -379,6 +421,9 @@ def main(argv=None) -> int:
     except TrainingStopped as e:
         logger.error(str(e))
         return 3
+    except ResumeError as e:
+        logger.error("cannot resume: %s", e)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -2,14 +2,17 @@
 
 - ``intertwined``: self-distillation with the crop-tied position field and masked position prediction
   (docs/method.md); DINOv2-dagger is this method with the field and position masking switched off.
+- ``droppos``: DropPos, an MAE-style encoder that classifies the positions of patches whose position embedding was
+  dropped (docs/droppos.md).
 """
 
 from __future__ import annotations
 
 from .base import PretrainingMethod
+from .droppos import DropPos
 from .intertwined import IntertwinedDistillation
 
-METHODS: dict[str, type[PretrainingMethod]] = {"intertwined": IntertwinedDistillation}
+METHODS: dict[str, type[PretrainingMethod]] = {"intertwined": IntertwinedDistillation, "droppos": DropPos}
 
 
 def method_class(name: str) -> type[PretrainingMethod]:
@@ -25,4 +28,4 @@ def build_method(cfg) -> PretrainingMethod:
     return method_class(cfg.method)(cfg)
 
 
-__all__ = ["METHODS", "PretrainingMethod", "IntertwinedDistillation", "build_method", "method_class"]
+__all__ = ["METHODS", "PretrainingMethod", "DropPos", "IntertwinedDistillation", "build_method", "method_class"]

@@ -65,6 +65,11 @@ class PretrainingMethod(nn.Module):
         """The backbone written to ``backbone.pth`` at the end of training."""
         raise NotImplementedError
 
+    def export_extras(self, output_dir: str) -> list[str]:
+        """Called once after ``backbone.pth`` is written (main process): write method-specific files (e.g. a
+        position head) into ``output_dir``; returns their paths. Nothing by default."""
+        return []
+
     def health_monitor(self, schedules: dict):
         """An object whose ``update(iteration, terms) -> str | None`` returns a warning once a run is going nowhere,
         with an ``event`` name for the metrics file; None when the method has no such check."""

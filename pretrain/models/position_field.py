@@ -61,6 +61,27 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
     return torch.cat([emb_y, emb_x], dim=-1).permute(2, 0, 1).float().contiguous()
 
 
+def mae_sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """MAE's fixed 2-D sine-cosine table of an ``h x w`` grid, ``(h*w, dim)`` in row-major patch order (the table
+    MAE and DropPos use as their frozen ``pos_embed``): the first half of the channels encodes the column, the
+    second half the row, each half ``[sin(p * omega), cos(p * omega)]`` at integer positions ``p = 0, 1, ...`` with
+    ``omega_k = 10000 ** (-k / (dim / 4))``, computed in float64. :func:`sincos_2d` is another layout (row first,
+    half-cell offsets) for initialising the position field."""
+    if dim % 4 != 0:
+        raise ValueError(f"a 2-D sin-cos table needs embed_dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def one_axis(pos: torch.Tensor) -> torch.Tensor:
+        out = pos[:, None] * omega[None, :]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    return torch.cat([one_axis(cols.reshape(-1)), one_axis(rows.reshape(-1))], dim=1).float()
+
+
 class PositionField(nn.Module):
     """Learnable ``(d, h, w)`` field sampled at each crop's patch centres.
 

@@ -9,7 +9,9 @@ Position embeddings:
   the CLS token has its own learned ``cls_pos_embed``; register tokens get none.
 - otherwise (DINOv2 behaviour): a learned ``pos_embed`` of shape ``(1, 1 + n*n, d)`` (CLS slot first), resampled
   bicubically to each crop's grid by ``pos_embed_interpolation``: ``dinov2`` (DINOv2's code, scale factor with
-  its 0.1 offset) or ``size``.
+  its 0.1 offset) or ``size``. With ``pos_embed_type="sincos"`` the same ``pos_embed`` is instead a fixed buffer
+  holding MAE's 2-D sin-cos table with a zero CLS slot (:func:`~.position_field.mae_sincos_2d`; DropPos,
+  docs/droppos.md); it is saved in the state dict like the learned one, so converters read it unchanged.
 
 Masking (student, global crops): ``content_mask`` replaces the patch *content* by ``mask_token`` ([MASK]) and keeps
 its position; ``pos_mask`` replaces the patch *position* by ``posmask_token`` ([POSMASK]) and keeps its content.
@@ -25,7 +27,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .position_field import PositionField, interpolate_pos_embed
+from .position_field import PositionField, interpolate_pos_embed, mae_sincos_2d
 
 ARCHS = {
     # name: (embed_dim, depth, num_heads)
@@ -61,6 +63,9 @@ class ViTConfig:
     pos_field_init: str = "trunc_normal"
     # the field-off resampling rule; "size" when absent, as in checkpoints exported before the option existed
     pos_embed_interpolation: str = "size"
+    # field off: "learned" = a learnable pos_embed | "sincos" = MAE's fixed 2-D sin-cos table, a buffer (DropPos);
+    # "learned" when absent, as in checkpoints exported before the option existed
+    pos_embed_type: str = "learned"
 
     @classmethod
     def from_arch(cls, arch: str, **overrides) -> ViTConfig:
@@ -91,9 +96,14 @@ class VisionTransformer(nn.Module):
         if cfg.pos_field:
             self.pos_field = PositionField(d, tuple(cfg.pos_field_size), init=cfg.pos_field_init)
             self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, d))
-        else:
+        elif cfg.pos_embed_type == "sincos":
+            n = cfg.img_size // cfg.patch_size
+            self.register_buffer("pos_embed", torch.cat([torch.zeros(1, d), mae_sincos_2d(d, n, n)])[None])
+        elif cfg.pos_embed_type == "learned":
             n = cfg.img_size // cfg.patch_size
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n * n, d))
+        else:
+            raise ValueError(f"pos_embed_type must be 'learned' or 'sincos', got {cfg.pos_embed_type!r}")
         self.mask_token = nn.Parameter(torch.zeros(1, d))
         self.posmask_token = nn.Parameter(torch.zeros(1, d))
         if cfg.drop_path_uniform:
@@ -117,7 +127,8 @@ class VisionTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.cls_pos_embed if self.cfg.pos_field else self.pos_embed, std=0.02)
+        if self.cfg.pos_field or self.cfg.pos_embed_type == "learned":  # a fixed sin-cos table keeps its values
+            nn.init.trunc_normal_(self.cls_pos_embed if self.cfg.pos_field else self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         if hasattr(self, "reg_token"):
             nn.init.normal_(self.reg_token, std=1e-6)
