@@ -37,7 +37,22 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 
 if [ "$GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
-  exec "$PY" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$GPUS" \
-    --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m pretrain.engine.train "$@"
+  # torchrun exits 1 after SIGTERM even when every process wrote its checkpoint and exited 143: this script waits
+  # for it and exits 143 itself, as a single process does. A signal sent to this script alone goes on to torchrun.
+  "$PY" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$GPUS" \
+    --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m pretrain.engine.train "$@" &
+  child=$!
+  stopped=""
+  trap 'stopped=1; kill -TERM "$child" 2>/dev/null || true' TERM INT
+  rc=0
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do
+    rc=0
+    wait "$child" || rc=$?
+  done
+  if [ -n "$stopped" ] && [ "$rc" -ne 0 ]; then
+    exit 143
+  fi
+  exit "$rc"
 fi
 exec "$PY" -m pretrain.engine.train "$@"

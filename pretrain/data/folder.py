@@ -10,7 +10,8 @@ cannot be opened *and fully decoded* (``img.load()``: truncated JPEG/PNG, non-im
 extension, empty files, missing listed files) is **skipped**: :meth:`ImageFolderDataset.load` returns
 ``None``, the path is recorded in ``skipped_paths`` / ``num_skipped`` and logged once as a warning on the
 ``"pretrain"`` logger. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone (False by default), so
-truncated files are detected unless some other code enabled it process-wide.
+truncated files are detected unless some other code enabled it process-wide. 16-bit grayscale images are
+scaled to 8 bits (PIL's RGB conversion would clip them at 255).
 
 Indices never change: ``len(dataset)`` is the number of candidates, and a skipped index stays in the index
 (``SSLDataset`` substitutes another image deterministically). Because lazily discovered skips happen in
@@ -25,6 +26,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from PIL import Image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
@@ -32,6 +34,23 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 logger = logging.getLogger("pretrain")
+
+
+#: Grayscale modes wider than 8 bits (16-bit PNG/TIFF open as one of these); PIL's convert("RGB") clips them at 255.
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _gray_to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer holding 16-bit values) grayscale image scaled to 8 bits: ``v * 255 / 65535``."""
+    values = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
+
+
+def _read_header(path: str) -> Image.Image:
+    """The image at ``path`` opened lazily: PIL reads the header (format, size, mode), no pixel data."""
+    im = Image.open(path)
+    im.size  # noqa: B018 - the header is parsed on open; touching it keeps the intent visible
+    return im
 
 
 def _scan_directory(root: str, extensions: tuple[str, ...]) -> tuple[list[str], int]:
@@ -74,7 +93,9 @@ class ImageFolderDataset:
     Args:
         root_or_list: a directory (recursive scan) or a text file with one image path per line.
         extensions: file-name suffixes (case-insensitive) that count as images when scanning a directory.
-        validate: open and fully decode every candidate now, so that ``num_skipped`` is known in this process.
+        validate: ``True``: open and fully decode every candidate now, so that ``num_skipped`` is known in this
+            process; ``"header"``: read every candidate's header only (cheap: finds empty, missing and non-image
+            files; truncated ones are found, and substituted, when they are loaded); ``False``: nothing up front.
 
     Attributes:
         paths: candidate paths (index order). ``num_ignored``: non-image files seen while scanning.
@@ -86,7 +107,7 @@ class ImageFolderDataset:
         self,
         root_or_list: str | os.PathLike,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
-        validate: bool = False,
+        validate: bool | str = False,
     ):
         source = os.fspath(root_or_list)
         if isinstance(extensions, str):
@@ -111,7 +132,7 @@ class ImageFolderDataset:
             raise FileNotFoundError(f"image source {source!r} is neither a directory nor a list file")
         self.skipped_paths: list[str] = []
         self._bad: set[int] = set()
-        if validate and self.scan_for_corrupt() == len(self):
+        if validate and self.scan_for_corrupt(decode=validate != "header") == len(self):
             raise ValueError(f"none of the {len(self)} image files of {source!r} can be read")
 
     def __len__(self) -> int:
@@ -140,6 +161,8 @@ class ImageFolderDataset:
             im.load()  # full decode: raises on truncated data
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
+            if im.mode in _WIDE_GRAY_MODES:
+                im = _gray_to_8bit(im)
             return im.convert("RGB")
 
     def load(self, index: int) -> Image.Image | None:
@@ -155,12 +178,14 @@ class ImageFolderDataset:
             self._mark_bad(index, error)
             return None
 
-    def scan_for_corrupt(self, indices: Iterable[int] | None = None) -> int:
-        """Open and fully decode the given (default: all) candidates; returns ``num_skipped`` afterwards."""
+    def scan_for_corrupt(self, indices: Iterable[int] | None = None, decode: bool = True) -> int:
+        """Open the given (default: all) candidates, fully decoded (``decode``) or their headers only, which finds
+        empty, missing and non-image files but not truncated ones; returns ``num_skipped`` afterwards."""
+        check = self._open if decode else _read_header
         for index in range(len(self)) if indices is None else indices:
             if index not in self._bad:
                 try:
-                    self._open(self.paths[index]).close()
+                    check(self.paths[index]).close()
                 except Exception as error:  # noqa: BLE001
                     self._mark_bad(index, error)
         return self.num_skipped

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from pretrain.io import atomic_torch_save
 from transfer.checkpoint_compat import labelled_problems
 from transfer.convert.metadata import read_architecture
 from transfer.convert.writers import D2_KEY_PREFIX
@@ -198,9 +200,19 @@ class StrictDetectionCheckpointer(DetectionCheckpointer):
         self.meta = meta
 
     def save(self, name: str, **kwargs) -> None:
+        """detectron2's ``save`` (model, checkpointables, ``kwargs``, then the ``last_checkpoint`` tag), written to
+        a temporary file and renamed, so that a kill during the write never leaves a partial ``<name>.pth``."""
+        if not self.save_dir or not self.save_to_disk:
+            return
         if self.meta is not None:
             kwargs.setdefault("meta", self.meta)
-        super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(f"{name}.pth")
 
     def _load_model(self, checkpoint):
         if self.strict not in (None, "backbone", "all"):

@@ -20,6 +20,7 @@ Datasets
 
 from __future__ import annotations
 
+import json
 import os
 
 import detectron2.data.transforms as T
@@ -164,3 +165,24 @@ def check_datasets_available(names) -> None:
                     "/data/coco/annotations/instances_train2017.json exists."
                 )
             raise FileNotFoundError(f"dataset {name!r}: missing {', '.join(missing)}.{hint}")
+        if json_file is not None and os.path.getsize(json_file) <= CHECKED_JSON_BYTES:
+            check_coco_json(json_file)
+
+
+#: COCO json files up to this size are parsed once up front, so that a broken one is reported with its name
+#: (detectron2's own loader reports a bare JSONDecodeError, or "min() arg is an empty sequence" without categories).
+CHECKED_JSON_BYTES = 64 * 2**20
+
+
+def check_coco_json(json_file: str) -> None:
+    """Raise ``ValueError`` naming ``json_file`` if it is not JSON, or has no ``images`` or no ``categories``."""
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_file} is not a valid COCO json file ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_file} is not a COCO json file (its top level is not an object)")
+    for key in ("images", "categories"):
+        if not data.get(key):
+            raise ValueError(f"{json_file} has no {key!r}: not a COCO instance annotation file")

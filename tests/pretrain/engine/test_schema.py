@@ -65,6 +65,6 @@ def test_the_image_source_is_required():
 
 
 def test_integers_given_for_float_keys_become_floats():
-    cfg = load_config([], ["train.data=x", "model.layerscale=0", "optim.epochs=3"])
+    cfg = load_config([], ["train.data=x", "model.layerscale=0", "optim.epochs=3", "optim.warmup_epochs=1"])
     assert cfg.model.layerscale == 0.0 and isinstance(cfg.model.layerscale, float)
     assert isinstance(cfg.optim.epochs, float) and cfg.optim.epochs == 3.0

@@ -119,3 +119,23 @@ def test_a_config_override_contradicting_the_checkpoint_is_an_error(checkpoint_w
     args = build_parser().parse_args(["--config-file", TOY_CFG, "--init", p, "model.backbone.net.embed_dim=96"])
     with pytest.raises(ValueError, match="embed_dim=96"):
         setup_config(args)
+
+
+def test_a_checkpoint_save_goes_through_a_temporary_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import pretrain.io
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = StrictDetectionCheckpointer(model, save_dir=str(tmp_path), meta={"embed_dim": 2})
+    ckpt.save("model_0000001")
+    saved = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
+    assert saved["meta"] == {"embed_dim": 2} and torch.equal(saved["model"]["weight"], model.weight.detach())
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+
+    def killed_mid_write(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # as a kill during torch.save
+
+    monkeypatch.setattr(pretrain.io.torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_0000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]

@@ -130,3 +130,20 @@ def test_an_unregistered_toy_set_names_the_env_var_pointing_at_it():
 
     with pytest.raises(KeyError, match="TOY_COCO_ROOT"):
         check_datasets_available("toy_coco_nowhere_train")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"images": [', "is not a valid COCO json file"),
+        ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "has no 'categories'"),
+        ("[1, 2]", "its top level is not an object"),
+    ],
+)
+def test_a_broken_coco_json_is_reported_with_its_file_name(tmp_path, content, message):
+    from transfer.vitdet.data import check_coco_json
+
+    path = tmp_path / "instances_train.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=rf"{path}.*{message}|{path} {message}"):
+        check_coco_json(str(path))
