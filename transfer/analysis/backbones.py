@@ -11,6 +11,12 @@ Two implementations:
   conversion happens in memory (read -> fold LayerScale -> write timm at the analysis grid); the patch size is
   kept as it is (no kernel resampling), and ``dynamic_img_size=True`` lets other input sizes interpolate.
 
+For the position-accuracy evaluator (:mod:`transfer.analysis.position_accuracy`) both also split the first block's
+input into its parts (:meth:`BackboneAdapter.embed_parts`: prefix tokens with their positions, patch content
+without position, patch positions) and run any token sequence built from them through the blocks and the final
+norm (:meth:`BackboneAdapter.encode_sequence`); ours also hands over its [POSMASK] token
+(:attr:`BackboneAdapter.position_mask_token`).
+
 Both expose the token sequence ``[CLS, registers..., patches]``; ``tokens`` returns only the patch tokens (with the
 final norm applied, as LocalRep and DINOv2's ``get_intermediate_layers(norm=True)`` do) and ``attentions`` returns
 the full ``(B, H, T, T)`` softmax attention of every block, recomputed from ``qkv`` (timm's blocks use SDPA, which
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -84,6 +91,22 @@ def attention_block_forward(blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
 # the interface
 
 
+@dataclass
+class EmbedParts:
+    """The first block's input in parts, for callers that rebuild the sequence themselves (masked forwards).
+
+    ``prefix`` ``(B, P, D)``: CLS and register tokens with whatever position they get; ``content`` ``(B, N, D)``:
+    patch embeddings without position; ``pos`` ``(B or 1, N, D)``: the patch position embeddings, row-major over
+    ``grid``. ``cat([prefix, content + pos], 1)`` is the sequence :meth:`BackboneAdapter.embed` returns (before
+    :meth:`BackboneAdapter.input_norm`).
+    """
+
+    prefix: torch.Tensor
+    content: torch.Tensor
+    pos: torch.Tensor
+    grid: tuple[int, int]
+
+
 class BackboneAdapter:
     """Tokens per layer and attention per layer of a frozen ViT, independent of where the weights came from.
 
@@ -111,7 +134,28 @@ class BackboneAdapter:
         """Normalised images ``(B, 3, H, W)`` -> input sequence ``(B, T, D)`` of the first block and the grid."""
         raise NotImplementedError
 
+    def embed_parts(self, x: torch.Tensor) -> EmbedParts:
+        """Normalised images ``(B, 3, H, W)`` -> the parts of the first block's input (:class:`EmbedParts`)."""
+        raise AdapterError(f"{self.name}: this backbone cannot split its input into content and positions")
+
+    def input_norm(self, seq: torch.Tensor) -> torch.Tensor:
+        """What the backbone applies to the assembled sequence before the first block (identity by default)."""
+        return seq
+
+    @property
+    def position_mask_token(self) -> torch.Tensor | None:
+        """The backbone's own [POSMASK] token ``(D,)`` (DropPos's [MASK] position token), or None."""
+        return None
+
     # --- shared -------------------------------------------------------------------------------------------------
+    def encode_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        """Any first-block input ``(B, T, D)`` (e.g. assembled from :meth:`embed_parts`) -> final-normed tokens after
+        the last block. Gradients flow (to a learnable token in ``seq``); the weights stay frozen."""
+        seq = self.input_norm(seq)
+        for blk in self.blocks:
+            seq = blk(seq)
+        return self.final_norm(seq)
+
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.blocks
@@ -216,6 +260,22 @@ class OursAdapter(BackboneAdapter):
     def embed(self, x, content_mask=None, pos_mask=None):
         return self.model.prepare_tokens(x, content_mask=content_mask, pos_mask=pos_mask)
 
+    def embed_parts(self, x):
+        """As ``prepare_tokens`` without masks: field (whole virtual image) or resampled ``pos_embed`` positions."""
+        m = self.model
+        t = m.patch_embed(x)  # (B, gh, gw, d)
+        b, gh, gw, d = t.shape
+        content = t.reshape(b, gh * gw, d)
+        pos = m.patch_pos_embed(b, (gh, gw)).to(content.dtype)
+        prefix = [(m.cls_token + m.cls_pos()).to(content.dtype).expand(b, -1, -1)]
+        if m.num_register_tokens:
+            prefix.append(m.reg_token.to(content.dtype).expand(b, -1, -1))
+        return EmbedParts(torch.cat(prefix, dim=1), content, pos, (gh, gw))
+
+    @property
+    def position_mask_token(self):
+        return self.model.posmask_token.reshape(-1)
+
 
 class TimmAdapter(BackboneAdapter):
     """timm ``VisionTransformer`` (``dynamic_img_size=True`` so any input size interpolates ``pos_embed``)."""
@@ -238,6 +298,35 @@ class TimmAdapter(BackboneAdapter):
         t = m.patch_drop(t)
         t = m.norm_pre(t)
         return t, grid
+
+    def embed_parts(self, x):
+        """timm's ``_pos_embed`` in parts: ``pos_embed`` resampled to the grid (``dynamic_img_size``), its prefix
+        slots added to CLS / registers unless ``no_embed_class``."""
+        from timm.layers import resample_abs_pos_embed
+
+        m = self.model
+        if m.pos_embed is None:
+            raise AdapterError(f"{self.name}: no absolute pos_embed to split off the patch tokens")
+        t = m.patch_embed(x)
+        if t.ndim == 4:  # NHWC (dynamic_img_size)
+            grid = (int(t.shape[1]), int(t.shape[2]))
+        else:
+            grid = tuple(int(g) for g in m.patch_embed.grid_size)
+        content = t.reshape(t.shape[0], grid[0] * grid[1], t.shape[-1])
+        p = 0 if m.no_embed_class else m.num_prefix_tokens
+        pos_embed = m.pos_embed
+        if m.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, new_size=grid, old_size=m.patch_embed.grid_size, num_prefix_tokens=p
+            )
+        prefix = [tok.expand(t.shape[0], -1, -1) for tok in (m.cls_token, m.reg_token) if tok is not None]
+        prefix = torch.cat(prefix, dim=1) if prefix else content[:, :0]
+        if p:
+            prefix = prefix + pos_embed[:, :p]
+        return EmbedParts(prefix, content, pos_embed[:, p:], grid)
+
+    def input_norm(self, seq):
+        return self.model.norm_pre(seq)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def position_run(tiny_ckpts):
     tool = _tool("probe_position")
     out = root / "pos_out"
     argv = [paths[0], "--images", str(root / "imgs"), "--size", "64", "--content-ratios", "0,0.5"]
-    return tool.main(argv + ["--pos-ratios", "0,0.5", "--out", str(out), "--quiet"]), out
+    return tool.main(argv + ["--pos-ratios", "0,0.5", "--proxy", "--out", str(out), "--quiet"]), out
 
 
 def _top1_rows(out):

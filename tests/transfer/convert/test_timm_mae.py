@@ -48,9 +48,10 @@ def timm_to_d2(timm_vit):
 
 
 @needs_d2
-def test_timm_conversion_log_names_the_detected_format(timm_to_d2):
-    _, out = timm_to_d2
-    assert "format: timm" in out
+@pytest.mark.parametrize(("conversion", "fmt"), [("timm_to_d2", "timm"), ("mae_to_d2", "mae")])
+def test_the_conversion_log_names_the_detected_format(conversion, fmt, request):
+    _, out = request.getfixturevalue(conversion)
+    assert f"format: {fmt}" in out
 
 
 @needs_d2
@@ -137,12 +138,6 @@ def mae_release(tmp_path_factory):
 def mae_to_d2(mae_release):
     src, _, _ = mae_release
     return convert_logged(src.parent, src, "detectron2", "--grid", "4", "4", "--num-heads", "2")
-
-
-@needs_d2
-def test_mae_conversion_log_names_the_detected_format(mae_to_d2):
-    _, out = mae_to_d2
-    assert "format: mae" in out
 
 
 @needs_d2
