@@ -78,11 +78,3 @@ def save_checkpoint(output_dir: str, iteration: int, model, optimizer, config: d
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         os.unlink(old)
     return path
-
-
-def load_checkpoint(path: str, model, optimizer=None, map_location="cpu") -> dict:
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return state

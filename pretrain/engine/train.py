@@ -25,7 +25,7 @@ from .. import distributed as du
 from ..data.folder import ImageFolderDataset
 from ..export import export_backbone
 from ..methods import PretrainingMethod, build_method, method_class
-from .checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint, set_rng_state
+from .checkpoint import latest_checkpoint, remove_stale_temporaries, save_checkpoint, set_rng_state
 from .config import ConfigError, config_hash, load_config, to_container
 from .metrics import MetricWriter, format_seconds
 from .optim import apply_schedules, build_optimizer, clip_gradients
@@ -374,10 +374,7 @@ def train(cfg) -> dict:
         writer.close()
     backbone_path = os.path.join(cfg.train.output_dir, "backbone.pth")
     if du.is_main():
-        export_backbone(
-            model.backbone_to_export(), backbone_path, config_hash=config_hash(cfg), iteration=it, method=cfg.method
-        )
-        model.export_extras(cfg.train.output_dir)
+        _export(model, cfg, it)
         elapsed = format_seconds(time.perf_counter() - t_start)
         logger.info(
             "done: %d iterations in %s; teacher backbone exported to %s", stop_at - start, elapsed, backbone_path
@@ -385,20 +382,25 @@ def train(cfg) -> dict:
     return {"stopped": False, "iteration": it, "backbone": backbone_path}
 
 
-def export_only(cfg) -> str:
-    """Export the teacher backbone of the newest checkpoint in ``train.output_dir``."""
-    ckpt = latest_checkpoint(cfg.train.output_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {cfg.train.output_dir}/checkpoints")
-    model = build_method(cfg)
-    state = load_checkpoint(ckpt, model)
+def _export(model: PretrainingMethod, cfg, iteration: int) -> str:
+    """``<output_dir>/backbone.pth`` of the method's backbone with its metadata, then the method's extra files."""
     path = os.path.join(cfg.train.output_dir, "backbone.pth")
-    iteration = state["iteration"]
     export_backbone(
         model.backbone_to_export(), path, config_hash=config_hash(cfg), iteration=iteration, method=cfg.method
     )
     model.export_extras(cfg.train.output_dir)
     return path
+
+
+def export_only(cfg) -> str:
+    """Export the backbone of the newest readable checkpoint in ``train.output_dir`` (unreadable ones skipped, as
+    on resume)."""
+    found = read_newest_checkpoint(cfg.train.output_dir)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {cfg.train.output_dir}/checkpoints")
+    model = build_method(cfg)
+    model.load_state_dict(found[1]["model"])
+    return _export(model, cfg, found[1]["iteration"])
 
 
 def main(argv=None) -> int:
