@@ -1,4 +1,5 @@
-"""The thin slice, end to end through the user-facing tools: pretrain -> export -> convert -> ViTDet -> Segmenter.
+"""The thin slice, end to end through the user-facing tools, for every method's tiny config: pretrain -> export ->
+convert -> ViTDet -> Segmenter.
 
 Tiny sizes so that it runs in CI on 2 cores; the numbers it checks are that every stage consumes the previous
 stage's real output (no hand-made checkpoints) and produces finite metrics.
@@ -24,17 +25,26 @@ def run(cmd, env=None, timeout=900):
     return p.stdout + p.stderr
 
 
+# each method's tiny config, and what its exported backbone's metadata must say
+METHODS = {
+    "intertwined": ("configs/pretrain/tiny_demo.yaml", {"pos_field": True}),
+    "droppos": ("configs/pretrain/droppos_tiny.yaml", {"pos_field": False, "pos_embed_type": "sincos"}),
+}
+
+
 @pytest.mark.slow
-def test_pretrain_convert_vitdet_segmenter(tmp_path):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_pretrain_convert_vitdet_segmenter(tmp_path, method):
+    config, arch_expected = METHODS[method]
     spec = ToySpec(images=ImagesSpec(num=24, size=96), coco=CocoSpec(8, 4, size=128), ade=AdeSpec(8, 4, size=96))
     toy = ensure_toy_data(str(tmp_path / "toy"), spec)
     out = tmp_path / "pretrain"
-    # 1. pretraining through the tool, on the embedded default's config, shortened
+    # 1. pretraining through the tool, on the method's tiny config, shortened
     log = run(
         [
             "bash",
             "tools/pretrain.sh",
-            "configs/pretrain/tiny_demo.yaml",
+            config,
             f"train.data={toy['images']}",
             f"train.output_dir={out}",
             "train.max_iterations=3",
@@ -43,12 +53,13 @@ def test_pretrain_convert_vitdet_segmenter(tmp_path):
             "train.log_every=1",
         ]
     )
-    assert "teacher backbone exported" in log
+    assert f"backbone (method {method}) exported" in log
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"loss"' in line]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     backbone = out / "backbone.pth"
     meta = torch.load(backbone, weights_only=True)["meta"]
-    assert meta["arch"]["pos_field"] is True and meta["iteration"] == 2
+    assert meta["method"] == method and meta["iteration"] == 2
+    assert {k: meta["arch"][k] for k in arch_expected} == arch_expected
 
     # 2. conversion, checked numerically by the converter itself
     d2, mmseg = tmp_path / "d2.pth", tmp_path / "mmseg.pth"

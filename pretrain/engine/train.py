@@ -377,7 +377,11 @@ def train(cfg) -> dict:
         _export(model, cfg, it)
         elapsed = format_seconds(time.perf_counter() - t_start)
         logger.info(
-            "done: %d iterations in %s; teacher backbone exported to %s", stop_at - start, elapsed, backbone_path
+            "done: %d iterations in %s; backbone (method %s) exported to %s",
+            stop_at - start,
+            elapsed,
+            model.name,
+            backbone_path,
         )
     return {"stopped": False, "iteration": it, "backbone": backbone_path}
 

@@ -311,6 +311,19 @@ def test_the_export_converts_with_parity_ok(tiny_run, tmp_path, target):
     assert summary["parity"].ok, summary["parity"].describe()
 
 
+def test_the_training_checkpoint_converts_to_the_same_tensors_as_the_export(tiny_run, tmp_path):
+    result, out = tiny_run
+    from_export = convert_checkpoint(result["backbone"], tmp_path / "a.pth", "detectron2", grid=(8, 8), quiet=True)
+    from_training = convert_checkpoint(
+        latest_checkpoint(out), tmp_path / "b.pth", "detectron2", grid=(8, 8), quiet=True
+    )
+    assert from_training["parity"].ok, from_training["parity"].describe()
+    a = torch.load(tmp_path / "a.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b.pth", weights_only=True)["model"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert from_export["parity"].ok
+
+
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(toy_images, tmp_path):
     straight = train(_tiny(toy_images, str(tmp_path / "straight")))
     train(_tiny(toy_images, str(tmp_path / "resumed"), "train.max_iterations=2", "train.checkpoint_every=2"))
