@@ -26,7 +26,9 @@ setup(
     name="ssl-vit-toolkit",
     version="0.1.0",
     description=__doc__.splitlines()[0],
-    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*", "toydata", "toydata.*"]),
+    packages=find_packages(
+        include=["pretrain", "pretrain.*", "transfer", "transfer.*", "toydata", "toydata.*", "resultsdb", "resultsdb.*"]
+    ),
     python_requires=">=" + PINS["PYTHON_MIN"],
     install_requires=[
         f"torch=={PINS['TORCH_VERSION']}",

@@ -24,13 +24,24 @@ def atomic_write_json(obj, path: str | os.PathLike) -> None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace`` onto ``path``."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` as :func:`atomic_torch_save` writes a checkpoint (temporary beside ``path``, fsync, replace)."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    """``write(f)`` into ``.tmp-*.pth`` beside ``path``, fsync, ``os.replace``; on failure the temporary is removed
+    and an ``OSError`` names ``path`` and the free space."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# tests never write the user's results database (docs/evaluation.md); tests of it set their own file
+os.environ["SSLVIT_RESULTS_DB"] = "none"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -29,6 +29,9 @@ def run(cmd, env=None, timeout=900):
 METHODS = {
     "intertwined": ("configs/pretrain/tiny_demo.yaml", {"pos_field": True}),
     "droppos": ("configs/pretrain/droppos_tiny.yaml", {"pos_field": False, "pos_embed_type": "sincos"}),
+    "cr2pq": ("configs/pretrain/cr2pq_tiny.yaml", {"pos_field": False, "rope": True}),
+    # our method with continuous RoPE at the crop-tied coordinates instead of the field (docs/positions.md)
+    "intertwined_crop_rope": ("configs/pretrain/tiny_crop_rope.yaml", {"pos_field": False, "rope": True}),
 }
 
 
@@ -53,12 +56,12 @@ def test_pretrain_convert_vitdet_segmenter(tmp_path, method):
             "train.log_every=1",
         ]
     )
-    assert f"backbone (method {method}) exported" in log
+    assert f"backbone (method {method.split('_crop')[0]}) exported" in log
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"loss"' in line]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     backbone = out / "backbone.pth"
     meta = torch.load(backbone, weights_only=True)["meta"]
-    assert meta["method"] == method and meta["iteration"] == 2
+    assert meta["method"] == method.split("_crop")[0] and meta["iteration"] == 2
     assert {k: meta["arch"][k] for k in arch_expected} == arch_expected
 
     # 2. conversion, checked numerically by the converter itself

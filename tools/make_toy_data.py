@@ -5,6 +5,7 @@ Examples::
 
     python tools/make_toy_data.py --out data/toy --seed 0                 # all three, idempotent (ensure_toy_data)
     python tools/make_toy_data.py --out data/toy_coco --what coco --num-train 100 --num-val 20 --overwrite
+    python tools/make_toy_data.py --out data/toy/coco --what depth        # depth maps beside the COCO set
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (for --what all: the toy-data root)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--what", choices=("all", "images", "coco", "ade"), default="all")
+    p.add_argument(
+        "--what",
+        choices=("all", "images", "coco", "ade", "depth"),
+        default="all",
+        help="depth: depth maps from the layer order beside an existing COCO set (--out: its root; optional, "
+        "not part of all)",
+    )
     p.add_argument("--num-images", type=int, default=256, help="pretraining images")
     p.add_argument(
         "--image-scenes",
@@ -90,6 +97,10 @@ def _make_all(args: argparse.Namespace) -> None:
 
 def _make_one(args: argparse.Namespace) -> None:
     common = dict(seed=args.seed, overwrite=args.overwrite)
+    if args.what == "depth":
+        for split, folder in toydata.make_toy_depth(args.out).items():
+            print(f"depth {split:5s} {folder}  ({_count_files(folder)} files)")
+        return
     if args.what == "images":
         out = toydata.make_toy_images(
             args.out, args.num_images, size=args.image_size, scenes=args.image_scenes, **common
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             _make_all(args)
         else:
             _make_one(args)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
         p.exit(2, f"error: {e}\n")
     return 0
 

@@ -39,7 +39,9 @@ MASTER_PORT="${MASTER_PORT:-29500}"
 if [ "$GPUS" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
   # torchrun exits 1 after SIGTERM even when every process wrote its checkpoint and exited 143: this script waits
   # for it and exits 143 itself, as a single process does. A signal sent to this script alone goes on to torchrun.
-  "$PY" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$GPUS" \
+  # pretrain.launch is torchrun; on one node with a loopback MASTER_ADDR it binds the rendezvous store and the
+  # process group's sockets to loopback only (torchrun alone listens on every interface).
+  "$PY" -m pretrain.launch --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$GPUS" \
     --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m pretrain.engine.train "$@" &
   child=$!
   stopped=""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from toydata.ade import ADE_CLASS_NAMES, make_toy_ade, toy_ade_metainfo
 from toydata.coco import COCO_CATEGORIES, make_toy_coco
+from toydata.depth import make_toy_depth
 from toydata.images import IMAGE_SCENES, make_toy_images, toy_texture_classes
 from toydata.scenes import ADE_APPEARANCES, MAX_OCCLUSION, polygon_mask
 from toydata.sets import ensure_toy_data, make_toy_all, toy_data_paths
@@ -56,6 +57,7 @@ __all__ = [
     "make_toy_ade",
     "make_toy_all",
     "make_toy_coco",
+    "make_toy_depth",
     "make_toy_images",
     "polygon_mask",
     "toy_ade_metainfo",

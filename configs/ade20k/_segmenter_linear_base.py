@@ -10,10 +10,12 @@
 #     (adapt_backbone_to_checkpoint=True instead copies the dims from it), and verified tensor by tensor
 #     before the first iteration (VerifyPretrainedBackboneHook: mmseg loads with strict=False and would
 #     otherwise drop mismatching keys silently);
-#   * the datasets' data_root = data_root (env ADE20K_ROOT, --data-root or --cfg-options data_root=...).
+#   * the datasets' data_root = --data-root, --cfg-options data_root=..., $ADE20K_ROOT or data_root below.
 # Nothing here downloads anything: the backbone weights come only from --init.
 default_scope = "mmseg"
-custom_imports = dict(imports=["transfer.segmenter.integration"], allow_failed_imports=False)
+custom_imports = dict(
+    imports=["transfer.segmenter.integration", "transfer.segmenter.transforms"], allow_failed_imports=False
+)
 
 # ---------------------------------------------------------------- protocol numbers (read by the entry)
 total_batch_size = 16  # over all GPUs; per-GPU batch = 16 // world size
@@ -21,7 +23,10 @@ min_lr_ratio = 0.1  # poly schedule ends at 0.1 x lr (paper: min_lr = 0.1 x lr)
 adapt_backbone_to_checkpoint = False  # the paper's configs check the checkpoint instead of adapting to it
 num_classes = 150
 crop_size = (512, 512)
-data_root = "{{$ADE20K_ROOT:data/ade/ADEChallengeData2016}}"
+# The entry takes the root from --data-root, else $ADE20K_ROOT (data_root_env), else data_root below
+# (transfer/dataset_roots.py; no {{$VAR}} substitution here, so that the toy config does not pick it up).
+data_root_env = "ADE20K_ROOT"
+data_root = "data/ade/ADEChallengeData2016"
 
 # ImageNet mean/std (pretrain/data/normalization.py, IMAGENET_MEAN_255; MMEngine configs cannot import it, a test
 # checks that the two agree): our weights (and DINOv2/iBOT/MAE/DropPos/LOCA) are trained with them.
@@ -86,9 +91,11 @@ model = dict(
 
 # ---------------------------------------------------------------- data (mmseg's ADE20K recipe)
 dataset_type = "ADE20KDataset"
+# LoadAnnotationsNamingFile: mmseg's LoadAnnotations, whose errors name an unreadable label file
+# (transfer/segmenter/transforms.py).
 train_pipeline = [
     dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotationsNamingFile", reduce_zero_label=True),
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
     dict(type="RandomFlip", prob=0.5),
@@ -98,7 +105,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="Resize", scale=(2048, 512), keep_ratio=True),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotationsNamingFile", reduce_zero_label=True),
     dict(type="PackSegInputs"),
 ]
 

@@ -4,6 +4,7 @@
 #
 #   python tools/make_toy_data.py --out data/toy     # once: the ADE part lands in data/toy/ade (the default root)
 #   tools/train_ade.sh configs/ade20k/segmenter_linear_vit_tiny_toy.py CKPT      # other root: TOY_ADE_ROOT=...
+#   (or --data-root; ADE20K_ROOT is the real set's variable and is not read here)
 #
 # What the entry fills in:
 #   * the backbone's embed_dims / num_layers / num_heads / patch_size / img_size / mlp_ratio and the decode
@@ -17,7 +18,8 @@ adapt_backbone_to_checkpoint = True
 num_classes = None
 total_batch_size = 4
 crop_size = (64, 64)
-data_root = "{{$TOY_ADE_ROOT:data/toy/ade}}"
+data_root_env = "TOY_ADE_ROOT"  # the only variable this config reads (not ADE20K_ROOT)
+data_root = "data/toy/ade"
 
 model = dict(
     data_preprocessor=dict(size=crop_size),

@@ -1,7 +1,8 @@
 """Tiny ViTDet Mask R-CNN on the toy COCO set (CPU, minutes): the COCO protocol's code path at toy scale.
 
-* Data: ``toy_coco_train`` / ``toy_coco_val``, registered by ``transfer.vitdet.train`` from ``$TOY_COCO_ROOT``, else
-  ``train.toy_coco_root`` (default ``data/toy/coco``, written by ``tools/make_toy_data.py``), LSJ at 128 px, batch 2.
+* Data: ``toy_coco_train`` / ``toy_coco_val``, registered by ``transfer.vitdet.train`` from a ``train.toy_coco_root=``
+  argument, else ``$TOY_COCO_ROOT`` (the only variable this config reads; not ``DETECTRON2_DATASETS``), else
+  ``train.toy_coco_root`` below (``data/toy/coco``, written by ``tools/make_toy_data.py``), LSJ at 128 px, batch 2.
 * Backbone: the defaults below are a tiny ViT; with ``--init CKPT`` the architecture (``embed_dim``, ``depth``,
   ``num_heads``, ``patch_size``, ``pretrain_img_size``, tokens) is taken from the checkpoint's metadata.
   The checkpoint's position grid should be ``IMAGE_SIZE / patch_size`` (8x8 here) so that no interpolation
@@ -44,7 +45,7 @@ train.checkpointer.period = 100
 train.log_period = 20
 train.amp.enabled = False
 train.ddp.fp16_compression = False
-train.toy_coco_root = "data/toy/coco"  # where tools/make_toy_data.py writes it; $TOY_COCO_ROOT wins when set
+train.toy_coco_root = "data/toy/coco"  # where tools/make_toy_data.py writes it; $TOY_COCO_ROOT overrides it
 
 optimizer.lr = 2e-4
 

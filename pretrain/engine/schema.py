@@ -58,6 +58,20 @@ class PosFieldConfig:
     s_max: float = opt(1.0, "largest scale", minimum=0)
     beta: list[float] = opt([2.0, 5.0], "Beta(a, b) of the scale")
     enclose: str = opt("all", "which crops the translation must keep inside the virtual image", ("all", "global"))
+    kind: str = opt(
+        "field",
+        "what the crop-tied positions feed (docs/positions.md): field = the learnable field sampled at the crop; "
+        "crop_sincos = fixed 2-D sin-cos at the crop-tied coordinates; crop_rope = continuous 2-D RoPE at them "
+        "(size = the virtual image's extent in coordinate units)",
+        ("field", "crop_sincos", "crop_rope"),
+    )
+    rope_base: float = opt(10000.0, "kind crop_rope: RoPE base of the frequencies", minimum=1e-6)
+    rope_rule: str = opt(
+        "axial",
+        "kind crop_rope: frequency rule, axial = base^(-t/(D/4)) per axis | cr2pq_printed = base^(-t/(D/2)) | "
+        "dinov3 = 2 pi / base^(2t/(D/2))",
+        ("axial", "cr2pq_printed", "dinov3"),
+    )
 
 
 @dataclass
@@ -215,6 +229,66 @@ class DropPosConfig:
 
 
 @dataclass
+class CR2PQConfig:
+    """``method: cr2pq`` only (docs/cr2pq.md): the paper's choices, ours where it is silent."""
+
+    teacher: str = opt(
+        "timm",
+        "the frozen teacher: timm = a timm CNN (cr2pq.teacher_name, e.g. the paper's DINO ResNet-50); checkpoint = "
+        "any checkpoint the converter reads (ours, DINOv2, timm, MAE, iBOT, DINO)",
+        ("timm", "checkpoint"),
+    )
+    teacher_name: str = opt("resnet50", "teacher=timm: the timm model name")
+    teacher_weights: str = opt("", "the teacher's weights file (needed unless cr2pq.teacher_init=random)")
+    teacher_init: str = opt(
+        "pretrained",
+        "pretrained = the weights of cr2pq.teacher_weights; random = teacher=timm at timm's random init, seeded by "
+        "cr2pq.teacher_seed (toy runs and tests)",
+        ("pretrained", "random"),
+    )
+    teacher_seed: int = opt(0, "teacher_init=random: the seed of its weights", minimum=0)
+    teacher_stage: int = opt(
+        0,
+        "teacher=timm: 0 = its final feature map (the paper); k = the map of its k-th stage (ResNet: layer k)",
+        minimum=0,
+    )
+    target_norm: str = opt(
+        "none",
+        "the teacher's patch embeddings in the losses: none = as they are (the paper); layernorm = each standardised "
+        "over its channels",
+        ("none", "layernorm"),
+    )
+    loss_p: float = opt(2.0, "p of both losses, sum over channels of abs(z - z')^p (not given in the paper)", minimum=1)
+    global_weight: float = opt(0.5, "lambda: weight of the global loss", minimum=0)
+    global_tokens: str = opt(
+        "queries",
+        "what the global loss mean-pools: queries = the cross-attention outputs at view B's patches (Eq. 10's "
+        "K_B sums); encoder = view A's encoder patch tokens",
+        ("queries", "encoder"),
+    )
+    projector_hidden_dim: int = opt(2048, "hidden width of the 2-layer global projector", minimum=1)
+    decoder_depth: int = opt(2, "transformer blocks of the patch decoder", minimum=1)
+    decoder_dim: int = opt(384, "patch decoder width", minimum=1)
+    decoder_heads: int = opt(6, "patch decoder attention heads", minimum=1)
+    rope_base: float = opt(10000.0, "RoPE base of the encoder and the cross-attention", minimum=1e-6)
+    rope_rule: str = opt(
+        "axial",
+        "RoPE frequencies: axial = base^(-t/(D/4)) per axis (standard axial 2-D RoPE); cr2pq_printed = "
+        "base^(-t/(D/2)) as printed in the paper's Eq. 5",
+        ("axial", "cr2pq_printed"),
+    )
+    coord_anchor: str = opt(
+        "corner",
+        "where a patch of view B sits in view A's frame: corner = its first corner (Listing 1); center = its centre "
+        "minus one half",
+        ("corner", "center"),
+    )
+    flip_prob: float = opt(0.5, "horizontal flip probability of each view (BYOL)", minimum=0, maximum=1)
+    blur_prob: list[float] = opt([1.0, 0.1], "Gaussian blur probability of view A, view B (BYOL)")
+    solarize_prob: list[float] = opt([0.0, 0.2], "solarisation probability of view A, view B (BYOL)")
+
+
+@dataclass
 class TrainConfig:
     data: str = opt(MISSING, "image folder (recursive) or a text file listing image paths")
     output_dir: str = opt("outputs/run", "checkpoints, logs, metrics and backbone.pth")
@@ -246,6 +320,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     crops: CropsConfig = field(default_factory=CropsConfig)
     droppos: DropPosConfig = field(default_factory=DropPosConfig)
+    cr2pq: CR2PQConfig = field(default_factory=CR2PQConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

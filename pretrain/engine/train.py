@@ -383,6 +383,9 @@ def train(cfg) -> dict:
             model.name,
             backbone_path,
         )
+        from resultsdb.hooks import record_pretraining  # the results database (docs/evaluation.md); never raises
+
+        record_pretraining(cfg, backbone_path, model.loss_terms)
     return {"stopped": False, "iteration": it, "backbone": backbone_path}
 
 

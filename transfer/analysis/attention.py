@@ -371,6 +371,12 @@ def attention_report(
         batch_size=batch_size,
         **options,
     )
+    import os
+
+    from .records import record_attention
+
+    setting = dict(images=os.path.abspath(images), size=size, max_images=max_images, queries=queries)
+    record_attention(checkpoints, res["stats"], setting, out)
     lines = [f"{'checkpoint':<24} {'layer':>5} {'NMI':>8} {'MAD(px)':>9}"]
     for name, st in res["stats"].items():
         for i, (n, m) in enumerate(zip(st["nmi"], st["mad"])):

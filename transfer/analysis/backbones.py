@@ -152,9 +152,16 @@ class BackboneAdapter:
         """Any first-block input ``(B, T, D)`` (e.g. assembled from :meth:`embed_parts`) -> final-normed tokens after
         the last block. Gradients flow (to a learnable token in ``seq``); the weights stay frozen."""
         seq = self.input_norm(seq)
+        n = seq.shape[1] - self.num_prefix
+        side = int(n**0.5)
+        grid = (side, side) if side * side == n else (1, n)
         for blk in self.blocks:
-            seq = blk(seq)
+            seq = self.run_block(blk, seq, grid)
         return self.final_norm(seq)
+
+    def run_block(self, blk: nn.Module, seq: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """One block on a sequence over the patch ``grid`` (RoPE backbones rotate by the grid's coordinates)."""
+        return blk(seq)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -204,10 +211,10 @@ class BackboneAdapter:
         if ``norm``), in layer order. ``x`` is the normalised input. ``layers``: see :meth:`resolve_layers` (default:
         the last block)."""
         wanted = self.resolve_layers(layers)
-        seq, _ = self.embed(x, content_mask=content_mask, pos_mask=pos_mask)
+        seq, grid = self.embed(x, content_mask=content_mask, pos_mask=pos_mask)
         outs = []
         for i, blk in enumerate(self.blocks):
-            seq = blk(seq)
+            seq = self.run_block(blk, seq, grid)
             if i in wanted:
                 outs.append(self.final_norm(seq) if norm else seq)
             if i >= wanted[-1]:
@@ -229,6 +236,8 @@ class BackboneAdapter:
     @torch.no_grad()
     def iter_attentions(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield the softmax attention ``(B, H, T, T)`` of each block in turn (memory: one layer at a time)."""
+        if getattr(getattr(self.model, "cfg", None), "rope", False):
+            raise AdapterError(f"{self.name}: attention recomputation does not apply RoPE; not available for it")
         seq, _ = self.embed(x)
         for blk in self.blocks:
             seq, attn = attention_block_forward(blk, seq)
@@ -258,11 +267,18 @@ class OursAdapter(BackboneAdapter):
         super().__init__(model, model.patch_size, model.num_prefix_tokens, mean, std, name)
 
     def embed(self, x, content_mask=None, pos_mask=None):
+        self._pos_mask = pos_mask  # RoPE: position-masked patches stay unrotated (docs/positions.md)
         return self.model.prepare_tokens(x, content_mask=content_mask, pos_mask=pos_mask)
+
+    def run_block(self, blk, seq, grid):
+        """The model's block with its RoPE angles at ``grid`` (the input's integer grid), if it has RoPE."""
+        angles = self.model.attention_angles(grid, pos_mask=getattr(self, "_pos_mask", None))
+        return blk(seq, angles, self.model.num_prefix_tokens)
 
     def embed_parts(self, x):
         """As ``prepare_tokens`` without masks: field (whole virtual image) or resampled ``pos_embed`` positions."""
         m = self.model
+        self._pos_mask = None
         t = m.patch_embed(x)  # (B, gh, gw, d)
         b, gh, gw, d = t.shape
         content = t.reshape(b, gh * gw, d)

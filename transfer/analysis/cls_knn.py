@@ -55,3 +55,33 @@ def cls_knn_accuracy(
     tr_x, tr_y = features("train")
     va_x, va_y = features("val")
     return float((knn_classify(tr_x, tr_y, va_x, k) == va_y).float().mean())
+
+
+def cls_knn_report(
+    checkpoint: str,
+    out: str,
+    progress: bool = True,
+    **options,
+) -> list[str]:
+    """``tools/probe_cls_knn.py``: :func:`cls_knn_accuracy` (``options``: its keyword arguments), written to
+    ``<out>/cls_knn.json`` and recorded in the results database; returns the lines to print."""
+    import json
+    import os
+
+    from .records import record_cls_knn
+
+    if min(options.get("num_per_class", 1), options.get("size", 1), options.get("k", 1)) < 1:
+        raise ValueError("--num-per-class, --size and --k must be positive")
+    top1 = cls_knn_accuracy(checkpoint, **options)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "cls_knn.json")
+    setting = {k: v for k, v in options.items() if k in ("num_per_class", "size", "num_classes", "k", "seed")}
+    with open(path, "w") as fh:
+        json.dump(dict(setting, checkpoint=os.path.abspath(checkpoint), top1=top1, **_init(options)), fh, indent=1)
+    record_cls_knn(checkpoint, top1, dict(setting, **_init(options)), out)
+    chance = 1.0 / options.get("num_classes", 6)
+    return [f"CLS {options.get('k', 5)}-NN top-1 {top1:.4f} (chance {chance:.4f})", f"wrote {path}"]
+
+
+def _init(options: dict) -> dict:
+    return {"random_init": bool(options.get("random_init")), "data_seed": options.get("data_seed", 0)}

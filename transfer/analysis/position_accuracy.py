@@ -332,6 +332,9 @@ def write_outputs(cells: Sequence[AccuracyCell], out_dir: str, info: dict) -> di
     paths["json"] = os.path.join(out_dir, "position_accuracy.json")
     with open(paths["json"], "w") as fh:
         json.dump(data, fh, indent=2)
+    from .records import record_position  # the results database (docs/evaluation.md); never raises
+
+    record_position(info.get("checkpoint"), paths["json"], out_dir)
     return paths
 
 

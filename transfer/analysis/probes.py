@@ -487,4 +487,8 @@ def dense_probe_report(
         **options,
     )
     csv_path, json_path = write_results(results, out)
+    from .records import record_dense
+
+    setting = dict(options, data=os.path.abspath(data), probe=probe, size=size, remove_top_var=list(remove_top_var))
+    record_dense(checkpoint, results, setting, out)
     return [format_table(results), f"wrote {csv_path}", f"wrote {json_path}"]

@@ -15,6 +15,7 @@ import os
 
 from .canonical import CanonicalViT, ConversionError, fold_layerscale, pos_source_desc, resample_patch_size
 from .parity import ParityResult, check_parity
+from .preflight import check_destination, check_grid, check_parity_memory
 from .readers import ReadOptions, load_file, read_checkpoint
 from .writers import DEFAULT_GRIDS, TARGETS, WRITERS, WriteResult
 
@@ -56,6 +57,9 @@ def convert_checkpoint(
     c, _ = read_checkpoint(obj, ReadOptions(src_format=src_format, num_heads=num_heads, norm_eps=norm_eps))
     del obj
     n_params = c.num_params()
+    if not no_check:
+        extra = 1 + c.num_registers  # at most a CLS and the registers ride along in the parity forward
+        check_parity_memory(grid, extra, c.arch.embed_dim, c.arch.num_heads, n_params)
     c = resample_patch_size(c, patch_size)
     folded = fold_layerscale(c)
     res = WRITERS[target](folded, grid, keep_tokens=keep_tokens, drop_registers=drop_registers)
@@ -76,18 +80,17 @@ def convert_checkpoint(
 
 
 def _check_request(src: str, dst: str, target: str, grid, patch_size: int, keep_tokens: bool) -> tuple[int, int]:
-    """Refuse requests that cannot work before reading anything; the target grid."""
+    """Refuse requests that cannot work before reading anything (:mod:`.preflight`); the target grid."""
     if target not in WRITERS:
         raise ConversionError(f"unknown target {target!r}; choose one of {TARGETS}")
     if os.path.exists(dst) and os.path.realpath(dst) == os.path.realpath(src):
         raise ConversionError("--dst must differ from --src")
     if patch_size < 1:
         raise ConversionError(f"--patch-size must be positive, got {patch_size}")
-    grid = tuple(grid) if grid else DEFAULT_GRIDS[target]
-    if min(grid) < 1:
-        raise ConversionError(f"--grid must be positive, got {grid}")
+    grid = check_grid(grid if grid else DEFAULT_GRIDS[target])
     if keep_tokens and target != "detectron2":
         raise ConversionError("--keep-tokens only applies to --target detectron2 (timm keeps tokens anyway)")
+    check_destination(dst)
     return grid
 
 

@@ -8,7 +8,9 @@ A :class:`CanonicalViT` is a timm-style plain ViT, independent of where it came 
 - ``cls_token`` ``(1, 1, D)`` and ``cls_pos`` ``(1, 1, D)`` (the CLS token's own position embedding; None when
   the source adds none, e.g. timm ``no_embed_class``), ``reg_token`` ``(1, R, D)`` (registers get no position);
 - the patch position source, exactly one of ``pos_field`` ``(1, D, h, w)`` (our crop-tied field, sampled over the
-  whole virtual image) or ``pos_grid`` ``(1, D, gh, gw)`` (a learned/fixed grid ``pos_embed`` without prefix slots);
+  whole virtual image), ``pos_grid`` ``(1, D, gh, gw)`` (a learned/fixed grid ``pos_embed`` without prefix slots)
+  or ``rope`` (continuous 2-D RoPE in the attention, ``{"rule", "base", "coords"}``, docs/positions.md: no tensor;
+  only targets whose backbone applies the same RoPE can take it);
 - ``arch``: what the targets need to rebuild the network (:class:`ArchInfo`).
 
 Position materialisation happens in ONE resampling, directly at the target grid (:func:`patch_pos_at`):
@@ -87,6 +89,7 @@ class CanonicalViT:
     pos_field: torch.Tensor | None = None
     pos_grid: torch.Tensor | None = None
     pos_interpolation: str = "size"  # how pos_grid is resampled: size | dinov2 (resize_pos_grid)
+    rope: dict | None = None  # 2-D RoPE: {"rule", "base", "coords"} (pretrain/models/rope.py)
     source_format: str = "unknown"
     mean: list | None = None
     std: list | None = None
@@ -234,9 +237,15 @@ def _validate_blocks(c: CanonicalViT) -> None:
         raise ConversionError(f"block keys beyond depth {a.depth}: {[c.src(k) for k in extra[:5]]}")
 
 
-def _validate_position(c: CanonicalViT) -> torch.Tensor:
-    """Exactly one patch position source, ``(1, D, h, w)`` (a field at least 2x2); returns it."""
+def _validate_position(c: CanonicalViT) -> torch.Tensor | None:
+    """Exactly one patch position source, ``(1, D, h, w)`` (a field at least 2x2) or RoPE; returns the tensor."""
     d = c.arch.embed_dim
+    if c.rope is not None:
+        if c.pos_field is not None or c.pos_grid is not None:
+            raise ConversionError("a RoPE model with an additive position embedding too: not supported")
+        if (d // c.arch.num_heads) % 4:
+            raise ConversionError(f"2-D RoPE needs a head dimension divisible by 4, got {d}/{c.arch.num_heads}")
+        return None
     if (c.pos_field is None) == (c.pos_grid is None):
         raise ConversionError(
             "missing position embedding: the source has neither a position field ('pos_field.field') nor a 'pos_embed'"
@@ -313,6 +322,9 @@ def patch_pos_at(c: CanonicalViT, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def pos_source_desc(c: CanonicalViT) -> str:
+    if c.rope is not None:
+        r = c.rope
+        return f"2-D RoPE in the attention (rule {r['rule']}, base {r['base']:g}, coordinates {r['coords']})"
     if c.pos_field is not None:
         h, w = c.pos_field.shape[2:]
         return f"position field {h}x{w} sampled bilinearly at the patch centres over the whole virtual image"

@@ -57,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point: convert and print the summary. Returns 0 on success, 2 on a conversion error (argparse usage
-    errors raise SystemExit)."""
+    """Entry point: convert and print the summary. Returns 0 on success, 2 on a conversion error or a failed write
+    (argparse usage errors raise SystemExit)."""
     args = build_parser().parse_args(argv)
     try:
         convert_checkpoint(**vars(args))
-    except ConversionError as e:
+    except (ConversionError, OSError) as e:  # OSError: the final write (e.g. a full disk, see pretrain/io.py)
         print(f"convert_ckpt: error: {e}", file=sys.stderr)
         return 2
     return 0

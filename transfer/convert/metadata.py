@@ -80,6 +80,7 @@ class ConvertedArch:
     num_register_tokens: int
     final_norm: bool
     norm_eps: float | None  # meta["norm_eps"]
+    rope: dict | None = None  # meta["rope"]: 2-D RoPE instead of a pos_embed (docs/positions.md)
 
 
 def check_meta_agrees(meta: Mapping, derived: Mapping, what: str = "meta") -> None:
@@ -126,6 +127,7 @@ def _read(state: Mapping[str, torch.Tensor], meta: dict, lay: KeyLayout) -> Conv
         num_register_tokens=int(reg.shape[1]) if reg is not None else 0,
         final_norm=bool(lay.final_norm) and lay.final_norm in state,
         norm_eps=float(meta["norm_eps"]) if meta.get("norm_eps") is not None else None,
+        rope=dict(meta["rope"]) if meta.get("rope") else None,
     )
     derived = {k: getattr(arch, k) for k in ("embed_dim", "depth", "patch_size", "mlp_ratio")}
     if lay.cls_token:
@@ -156,7 +158,15 @@ def _depth(state: Mapping[str, torch.Tensor], block: str) -> int:
 
 def _grid(state: Mapping[str, torch.Tensor], meta: dict, lay: KeyLayout) -> tuple[tuple[int, int], bool]:
     """Patch grid and whether ``pos_embed`` holds a CLS slot: ``meta["grid"]`` checked against the length, else
-    the first CLS slot count of the layout that leaves a square grid."""
+    the first CLS slot count of the layout that leaves a square grid; a RoPE file (``meta["rope"]``) has no
+    ``pos_embed`` and takes its grid from ``meta["grid"]``."""
+    if meta.get("rope"):
+        if lay.pos_embed in state:
+            raise ConversionError(f"meta records RoPE but the file has {lay.pos_embed!r} too")
+        if meta.get("grid") is None:
+            raise ConversionError("a RoPE checkpoint needs meta['grid'] (it has no pos_embed to read it from)")
+        gh, gw = (int(g) for g in meta["grid"])
+        return (gh, gw), False
     if lay.pos_embed not in state:
         raise ConversionError(f"missing tensor {lay.pos_embed!r}: the converter writes positions at the target grid")
     shape = tuple(state[lay.pos_embed].shape)

@@ -20,6 +20,11 @@ that resampled model is what is transferred. Grid position embeddings are resize
 (``pretrain.models.position_field.interpolate_pos_embed``: bicubic, no antialias), fields sampled by
 ``PositionField``.
 
+A RoPE source (docs/positions.md) is checked against the project's backbones that apply RoPE, since the
+libraries' own cannot: :class:`transfer.vitdet.backbone.SDPAViT` (``use_rope``) for detectron2 and
+:class:`transfer.segmenter.rope_vit.RoPEVisionTransformer` for MMSeg; the source runs its own RoPE at the
+target grid's integer coordinates.
+
 Pass criterion: ``max|target - reference| <= tol * max(1, max|reference|)`` (tol 1e-4): absolute for features of
 order one, relative for checkpoints with large activations (real DINOv2 tokens reach the hundreds).
 """
@@ -79,11 +84,13 @@ def _ours_reference(c: CanonicalViT, with_cls: bool, with_regs: bool, final_norm
 
     @torch.no_grad()
     def forward(img):
-        seq, _ = model.prepare_tokens(img)  # [CLS + cls_pos, registers, patches + field/pos_embed]
+        seq, grid = model.prepare_tokens(img)  # [CLS + cls_pos, registers, patches + field/pos_embed]
         prefix = ([seq[:, :1]] if with_cls else []) + ([seq[:, 1:r]] if with_regs and r > 1 else [])
         x = torch.cat(prefix + [seq[:, r:]], dim=1)
+        angles = model.attention_angles(grid)  # RoPE at the input's grid; None without
+        n_prefix = sum(t.shape[1] for t in prefix)
         for blk in model.blocks:
-            x = blk(x)
+            x = blk(x, angles, n_prefix)
         if final_norm:
             x = model.norm(x)
         return x[:, sum(t.shape[1] for t in prefix) :]
@@ -161,6 +168,11 @@ def source_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, fin
     vit_cfg = c.source_meta.get("vit_config") if c.source_format == "ours" else None
     if vit_cfg is not None and int(vit_cfg.get("patch_size", 16)) == c.arch.patch_size:
         return _ours_reference(c, with_cls, with_regs, final_norm)
+    if c.rope is not None:
+        raise ConversionError(
+            "a RoPE source is checked against its own ViT at its own patch size: convert it with --patch-size "
+            f"{(vit_cfg or {}).get('patch_size', '<the source patch size>')}"
+        )
     return _timm_reference(c, grid, with_cls, with_regs, final_norm)
 
 
@@ -176,8 +188,16 @@ def _target_class(target: str, module: str, name: str, package: str):
         raise ConversionError(f"the {target} check needs {package} ({e}); install it or pass --no-check") from None
 
 
+def _rope_kwargs(meta: dict) -> dict:
+    r = meta["rope"]
+    return dict(rope_base=float(r["base"]), rope_rule=str(r["rule"]), rope_coords=str(r["coords"]))
+
+
 def build_detectron2(state: dict, meta: dict):
-    vit_cls = _target_class("detectron2", "detectron2.modeling", "ViT", "detectron2")
+    if meta.get("rope"):
+        vit_cls = _target_class("detectron2", "transfer.vitdet.backbone", "SDPAViT", "detectron2")
+    else:
+        vit_cls = _target_class("detectron2", "detectron2.modeling", "ViT", "detectron2")
     gh, gw = meta["grid"]
     p = meta["patch_size"]
     kwargs = plain_vit_kwargs(
@@ -189,6 +209,8 @@ def build_detectron2(state: dict, meta: dict):
         mlp_ratio=meta["mlp_ratio"],
         norm_eps=meta["norm_eps"],
     )
+    if meta.get("rope"):
+        kwargs.update(use_abs_pos=False, pretrain_use_cls_token=False, use_rope=True, **_rope_kwargs(meta))
     model = vit_cls(**kwargs).eval()
     prefix = meta.get("key_prefix", D2_KEY_PREFIX)
     token_keys = {prefix + "cls_token", prefix + "reg_token"}  # only for the project's token-keeping backbone
@@ -204,10 +226,16 @@ def build_detectron2(state: dict, meta: dict):
 
 
 def build_mmseg(state: dict, meta: dict):
-    vit_cls = _target_class("mmseg", "mmseg.models.backbones", "VisionTransformer", "mmsegmentation")
+    extra = {}
+    if meta.get("rope"):
+        vit_cls = _target_class("mmseg", "transfer.segmenter.rope_vit", "RoPEVisionTransformer", "mmsegmentation")
+        extra = _rope_kwargs(meta)
+    else:
+        vit_cls = _target_class("mmseg", "mmseg.models.backbones", "VisionTransformer", "mmsegmentation")
     gh, gw = meta["grid"]
     p = meta["patch_size"]
     model = vit_cls(
+        **extra,
         img_size=(gh * p, gw * p),
         patch_size=p,
         embed_dims=meta["embed_dim"],

@@ -372,10 +372,10 @@ def _positions(c: CanonicalViT, specials: dict, fmt: str) -> None:
         c.notes.append(f"register position slots of pos_embed folded into the {r} register tokens (exact)")
 
 
-def _build(u: Unwrapped, fmt: str, opts: ReadOptions, meta_heads=None, meta_eps=None) -> CanonicalViT:
+def _build(u: Unwrapped, fmt: str, opts: ReadOptions, meta_heads=None, meta_eps=None, rope=None) -> CanonicalViT:
     state, specials, origin, dropped, notes = _map_state(u, fmt)
     arch = _arch_from_state(state, opts, meta_heads, meta_eps)
-    c = CanonicalViT(arch=arch, state=state, source_format=fmt, origin=origin, notes=notes)
+    c = CanonicalViT(arch=arch, state=state, source_format=fmt, origin=origin, notes=notes, rope=rope)
     c.source_keys = sorted(u.state)
     c.dropped = dropped + list(u.ignored)
     _positions(c, specials, fmt)
@@ -416,6 +416,7 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
         opts,
         meta_heads=arch_meta.get("num_heads") if arch_meta else None,
         meta_eps=arch_meta.get("norm_eps") if arch_meta else None,
+        rope=_rope_of(arch_meta),
     )
     a = c.arch
     if arch_meta:
@@ -438,6 +439,17 @@ def read_ours(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
     }
     c.source_meta = {"vit_config": vit_cfg, "source_state": backbone_state, "meta": meta}
     return c
+
+
+def _rope_of(arch_meta: dict | None) -> dict | None:
+    """The RoPE settings of our ViT's ``meta["arch"]`` (docs/positions.md), None without RoPE."""
+    if not arch_meta or not arch_meta.get("rope"):
+        return None
+    return {
+        "rule": str(arch_meta.get("rope_rule", "axial")),
+        "base": float(arch_meta.get("rope_base", 10000.0)),
+        "coords": str(arch_meta.get("rope_coords", "grid")),
+    }
 
 
 def _vit_config_from_shapes(c: CanonicalViT, u: Unwrapped) -> dict:

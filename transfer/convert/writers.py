@@ -20,6 +20,11 @@ reads them):
   prefix slots ``[CLS, registers...]``: the CLS slot holds the CLS position, register slots are zeros since
   registers get no position). ``VisionTransformer(**meta["timm_kwargs"]).load_state_dict(ckpt["state_dict"])``;
   ``timm.models.load_checkpoint`` unwraps ``"state_dict"`` itself.
+
+A RoPE source (docs/positions.md) writes no ``pos_embed``; ``meta["rope"]`` records the rule, base and coordinate
+convention, which the project's backbones apply: detectron2 -> :class:`transfer.vitdet.backbone.SDPAViT`
+(``use_rope=True``, ``use_abs_pos=False``; detectron2's own ViT cannot express RoPE), MMSeg ->
+:class:`transfer.segmenter.rope_vit.RoPEVisionTransformer`. timm's ``VisionTransformer`` has no 2-D RoPE: refused.
 """
 
 from __future__ import annotations
@@ -155,7 +160,8 @@ def _base_meta(c: CanonicalViT, target: str, grid) -> dict:
         "std": list(c.std) if c.std is not None else None,
         "layerscale_folded": bool(c.layerscale_folded),
         "source_num_register_tokens": c.num_registers,
-        "position_source": "field" if c.pos_field is not None else "grid",
+        "position_source": "rope" if c.rope is not None else ("field" if c.pos_field is not None else "grid"),
+        "rope": dict(c.rope) if c.rope is not None else None,
     }
 
 
@@ -191,7 +197,10 @@ def write_detectron2(
     keep_regs = _registers_policy(c, "detectron2", keep_tokens, drop_registers)
     out = _TargetState(prefix=D2_KEY_PREFIX)
     out.put_patch_embed(c, "patch_embed.proj")
-    out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    if c.rope is None:
+        out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    else:
+        out.notes.append("RoPE: no pos_embed written; build transfer.vitdet.backbone.SDPAViT with meta's rope args")
     out.put_blocks(c, SAME_BLOCK_KEYS)
     for k in ("norm.weight", "norm.bias"):
         if k in c.state:
@@ -212,7 +221,10 @@ def write_detectron2(
         final_norm=False,
         **{k: vit[k] for k in ("pretrain_img_size", "pretrain_use_cls_token", "use_rel_pos", "window_size")},
         key_prefix=D2_KEY_PREFIX,
+        use_abs_pos=c.rope is None,
     )
+    if c.rope is not None:
+        meta.update(pretrain_use_cls_token=False, use_rope=True, backbone="transfer.vitdet.backbone.SDPAViT")
     return out.result("model", meta)
 
 
@@ -221,7 +233,8 @@ def _detectron2_tokens(c: CanonicalViT, out: _TargetState, keep_tokens: bool, ke
     cls_kept = bool(keep_tokens and c.cls_token is not None)
     if c.cls_token is not None:
         if cls_kept:
-            out.put("cls_token", "cls_token", c.cls_token)
+            cls = c.cls_token if c.cls_pos is None or c.rope is None else c.cls_token + c.cls_pos
+            out.put("cls_token", "cls_token", cls)
         else:
             out.dropped.append(
                 (
@@ -258,7 +271,10 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
     else:
         out.state["cls_token"] = torch.zeros(1, 1, d)
         out.notes.append("no CLS token in the source: zeros written and meta with_cls_token=False")
-    out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    if c.rope is None:
+        out.put("pos", "pos_embed", _pos_embed(c, (gh, gw)))
+    else:
+        out.notes.append("RoPE: no pos_embed written; for RoPEVisionTransformer (transfer.segmenter.rope_vit)")
     out.put_blocks(c, MMSEG_BLOCK_KEYS, layer="layers")
     final_norm = c.has_final_norm
     if final_norm:
@@ -280,6 +296,7 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         final_norm=final_norm,
         patch_bias=True,
         interpolate_mode="bicubic",
+        backbone_type="VisionTransformer" if c.rope is None else "RoPEVisionTransformer",
     )
     return out.result("state_dict", meta)
 
@@ -309,6 +326,11 @@ def timm_kwargs(c: CanonicalViT, grid, keep_regs: bool) -> dict:
 def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
     """timm ``VisionTransformer`` state dict (registers kept unless ``--drop-registers``)."""
     gh, gw = _check_ready(c, grid)
+    if c.rope is not None:
+        raise ConversionError(
+            "the source uses 2-D RoPE in its attention, which timm's VisionTransformer cannot express (it has only "
+            "an additive pos_embed): convert to --target detectron2 or mmseg, whose project backbones apply RoPE"
+        )
     keep_regs = bool(c.num_registers) and not drop_registers
     out = _TargetState()
     out.put_patch_embed(c, "patch_embed.proj")

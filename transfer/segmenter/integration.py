@@ -10,6 +10,9 @@ What lives here, and nothing else:
   ``model.backbone.init_cfg`` at that file and make the config's backbone agree with it: either **adapt** the
   dimensions to the checkpoint (toy configs) or **check** them and fail on any mismatch (the paper's configs);
   :func:`apply_checkpoint_to_config` picks one by the config's ``adapt_backbone_to_checkpoint``.
+* :func:`apply_checkpoint_positions` — the position scheme follows the checkpoint in both modes: a RoPE file
+  (``meta["rope"]``, docs/positions.md) selects :class:`transfer.segmenter.rope_vit.RoPEVisionTransformer` (MMSeg's
+  ViT with RoPE, registered on import of this module) with the recorded rule, base and coordinates.
 * :func:`verify_backbone_loaded` — after ``init_weights``, compare every backbone tensor with the file.
   MMSeg's ``VisionTransformer.init_weights`` loads with ``strict=False`` and silently drops what does not
   match (a renamed key, a ``backbone.`` prefix, the patch bias when ``patch_bias=False``); this function
@@ -31,7 +34,15 @@ from transfer.checkpoint_compat import allow_framework_checkpoint_globals, label
 from transfer.convert.canonical import ConversionError
 from transfer.convert.metadata import read_architecture
 
+try:  # registers RoPEVisionTransformer in MMSeg's MODELS (configs import this module through custom_imports)
+    from transfer.segmenter import rope_vit  # noqa: F401
+except ImportError:  # pragma: no cover - mmseg missing: the pure functions below still work
+    rope_vit = None
+
 _SETUP_DONE = False
+#: Backbone types a converted checkpoint can go into: MMSeg's ViT, and the same with 2-D RoPE.
+BACKBONE_TYPES = ("VisionTransformer", "RoPEVisionTransformer")
+_ROPE_ARGS = ("rope_base", "rope_rule", "rope_coords")
 
 
 class CheckpointLoadError(RuntimeError):
@@ -206,8 +217,9 @@ def _read_for_config(cfg, ckpt_path: str) -> tuple[str, dict, dict, dict]:
     state_dict, meta = load_converted_checkpoint(ckpt_path)
     arch = architecture_from_checkpoint(state_dict, meta)
     backbone = cfg.model.backbone
-    if backbone.get("type") != "VisionTransformer":
+    if backbone.get("type") not in BACKBONE_TYPES:
         raise CheckpointLoadError(f"expected a VisionTransformer backbone, config has {backbone.get('type')}")
+    apply_checkpoint_positions(backbone, meta)
     gh, gw = arch["grid"]
     p = arch["patch_size"]
     wanted = dict(
@@ -219,6 +231,19 @@ def _read_for_config(cfg, ckpt_path: str) -> tuple[str, dict, dict, dict]:
         mlp_ratio=arch["mlp_ratio"],
     )
     return ckpt_path, meta, arch, wanted
+
+
+def apply_checkpoint_positions(backbone, meta: Mapping[str, Any]) -> None:
+    """Set the backbone type (and RoPE arguments) the checkpoint's positions need: ``RoPEVisionTransformer`` with
+    ``meta["rope"]``'s base, rule and coordinates for a RoPE file, MMSeg's ``VisionTransformer`` otherwise."""
+    rope = meta.get("rope")
+    if rope:
+        backbone["type"] = "RoPEVisionTransformer"
+        backbone.update(rope_base=float(rope["base"]), rope_rule=str(rope["rule"]), rope_coords=str(rope["coords"]))
+        return
+    backbone["type"] = "VisionTransformer"
+    for k in _ROPE_ARGS:
+        backbone.pop(k, None)
 
 
 def _check_structural_flags(backbone, arch: dict) -> None:
@@ -365,8 +390,7 @@ def infer_num_classes(data_root: str) -> int:
     """
     import json
 
-    import numpy as np
-    from PIL import Image
+    from transfer.segmenter.transforms import read_label_png
 
     for name in ("meta.json", "dataset.json", "info.json", "classes.json", "metadata.json"):
         path = os.path.join(data_root, name)
@@ -387,7 +411,7 @@ def infer_num_classes(data_root: str) -> int:
             continue
         for fname in os.listdir(ann_dir):
             if fname.endswith(".png"):
-                arr = np.asarray(Image.open(os.path.join(ann_dir, fname)))
+                arr = read_label_png(os.path.join(ann_dir, fname))  # names the file if it does not decode
                 vals = arr[arr != 255]
                 if vals.size:
                     top = max(top, int(vals.max()))

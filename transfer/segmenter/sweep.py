@@ -82,10 +82,11 @@ def launch_prefix(env: dict[str, str] | None = None) -> tuple[list[str], str]:
     gpus = int(env.get("GPUS", "1") or 1)
     nnodes = int(env.get("NNODES", "1") or 1)
     if gpus > 1 or nnodes > 1:
+        # one node: pretrain.launch, torchrun with its rendezvous store on loopback only (pretrain/launch.py)
         return [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            "pretrain.launch" if nnodes == 1 else "torch.distributed.run",
             f"--nnodes={nnodes}",
             f"--node_rank={env.get('NODE_RANK', '0')}",
             f"--master_addr={env.get('MASTER_ADDR', '127.0.0.1')}",

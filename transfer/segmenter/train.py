@@ -49,7 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wd", type=float, help="AdamW weight decay")
     p.add_argument("--seed", type=int, help="random seed (default: the config's randomness.seed)")
     p.add_argument("--max-iters", type=int, help="override train_cfg.max_iters (the poly schedule follows)")
-    p.add_argument("--data-root", help="dataset root (default: the config's data_root / env ADE20K_ROOT)")
+    p.add_argument(
+        "--data-root",
+        help="dataset root (default: $ADE20K_ROOT, for the toy config $TOY_ADE_ROOT, else the config's data_root)",
+    )
     p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     p.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper; needs CUDA)")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -114,18 +117,31 @@ def _apply_batch_per_process(cfg, launcher: str) -> tuple[int, int]:
     return world, total
 
 
-def _apply_data(cfg, data_root_arg) -> int:
-    """The dataset root in every loader (checked to hold images/), and the classes. Returns the class count."""
-    if data_root_arg:
-        cfg["data_root"] = data_root_arg
-    data_root = cfg.get("data_root")
+def _data_root(cfg, args) -> str:
+    """``--data-root``, else ``--cfg-options data_root=``, else ``$<data_root_env>`` (``ADE20K_ROOT``, the toy
+    config's ``TOY_ADE_ROOT``), else the config's ``data_root``; checked to hold images/ (transfer/dataset_roots.py).
+    A note goes to stderr when only the other config's variable is set."""
+    from transfer.dataset_roots import ADE_VARIABLES, ignored_variable_note, missing_root_message, resolve_root
+
+    variable = cfg.get("data_root_env", "ADE20K_ROOT")
+    explicit = args.data_root or (args.cfg_options or {}).get("data_root")
+    name = "--data-root" if args.data_root else "--cfg-options data_root"
+    root, where = resolve_root(variable, cfg.get("data_root"), explicit, name)
+    note = None if explicit else ignored_variable_note(variable, ADE_VARIABLES)
+    if note:
+        print(f"[segmenter] note: {note}; using {root}", file=sys.stderr, flush=True)
+    if not os.path.isdir(os.path.join(root, "images")):
+        needs = "images/{training,validation} and annotations/{training,validation}"
+        raise FileNotFoundError(missing_root_message("dataset root", root, where, variable, needs, note))
+    return root
+
+
+def _apply_data(cfg, args) -> int:
+    """The dataset root (:func:`_data_root`) in every loader, and the classes. Returns the class count."""
+    data_root = cfg["data_root"] = _data_root(cfg, args)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        if cfg.get(loader) and data_root:
+        if cfg.get(loader):
             cfg[loader].dataset["data_root"] = data_root
-    if not os.path.isdir(os.path.join(data_root, "images")):
-        raise FileNotFoundError(
-            f"dataset root {data_root!r} has no images/ folder (set ADE20K_ROOT, --data-root or data_root=...)"
-        )
     num_classes = cfg.get("num_classes")
     if num_classes is None:
         num_classes = integration.infer_num_classes(data_root)
@@ -135,7 +151,7 @@ def _apply_data(cfg, data_root_arg) -> int:
 
 
 def _apply_runtime(cfg, args) -> None:
-    """Work dir, launcher, seed, resume; gloo without CUDA."""
+    """Work dir, launcher, seed, resume, atomic checkpoint writes; gloo without CUDA."""
     import torch
 
     cfg.work_dir = (
@@ -148,6 +164,9 @@ def _apply_runtime(cfg, args) -> None:
         cfg["randomness"] = dict(cfg.get("randomness") or {}, seed=args.seed)
     cfg.resume = bool(args.resume)
     cfg.load_from = None
+    from transfer.segmenter.checkpoint_io import use_atomic_checkpoints
+
+    use_atomic_checkpoints(cfg)  # a kill during a save never leaves a partial iter_N.pth (checkpoint_io.py)
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
 
@@ -162,7 +181,7 @@ def prepare_config(args: argparse.Namespace):
         cfg.merge_from_dict(args.cfg_options)
     lr, min_lr_ratio, max_iters = _apply_schedule(cfg, args)
     world, total = _apply_batch_per_process(cfg, args.launcher)
-    num_classes = _apply_data(cfg, args.data_root)
+    num_classes = _apply_data(cfg, args)
     arch = integration.apply_checkpoint_to_config(cfg, args.init)
     _apply_runtime(cfg, args)
     info = dict(
@@ -210,6 +229,15 @@ def _to_float(v: Any) -> float:
         return float("nan")
 
 
+def _remove_stale_temporaries(work_dir: str) -> None:
+    """On the first process: remove what an interrupted checkpoint write left in ``work_dir``, saying so."""
+    from transfer.segmenter.checkpoint_io import remove_stale_temporaries
+
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(work_dir):
+        for path in remove_stale_temporaries(work_dir):
+            print(f"[segmenter] removed {path}, left by an interrupted checkpoint write", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, validate at the end, write ``metrics_final.json``. Returns the written record."""
     args = parse_args(argv)
@@ -219,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mmengine.runner import Runner
 
     t0 = time.time()
+    _remove_stale_temporaries(cfg.work_dir)
     runner = Runner.from_cfg(cfg)
     hook = _make_metrics_hook()
     runner.register_hook(hook)
@@ -243,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if get_rank() == 0:
         path = os.path.join(cfg.work_dir, METRICS_FILE)
         atomic_write_json(record, path)
+        from resultsdb.hooks import record_segmenter  # the results database (docs/evaluation.md); never raises
+
+        record_segmenter(record)
         finite = all(math.isfinite(record[k]) for k in METRIC_KEYS)
         print(
             f"[segmenter] {os.path.basename(args.config)} lr={info['lr']:g} wd={info['weight_decay']:g} "

@@ -19,6 +19,11 @@ detectron2's ViT; the blocks *are* detectron2's ``Block``/``Attention`` objects 
 sequence-based subclasses below after construction, which adds no state), so initialisation and random-number
 consumption are identical to detectron2's ViT for the same seed.
 
+* **2-D RoPE** (optional, ``use_rope=True`` with ``use_abs_pos=False``): the attention rotates q and k of the patch
+  tokens by the input's integer patch grid (``rope_coords="grid"``), with the frequencies of
+  :func:`pretrain.models.rope.rope_frequencies` (``rope_base``, ``rope_rule``), at any input size; CLS and register
+  tokens stay unrotated and get no position (docs/positions.md). No parameter is added.
+
 Window attention and relative position are **not supported** (the paper's protocol uses neither): asking for
 ``window_size > 0``, a non-empty ``window_block_indexes`` or ``use_rel_pos=True`` raises ``ValueError``. Use
 detectron2's ``ViT`` for those. Residual conv blocks (``residual_block_indexes``) are supported; they act on the
@@ -34,6 +39,8 @@ import torch.utils.checkpoint
 from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import Attention, Block, ViT
 
+from pretrain.models.rope import coords_for_grid, rope_angles, rope_frequencies, rope_sdpa
+
 __all__ = ["SDPAAttention", "SDPABlock", "SDPAViT"]
 
 
@@ -44,15 +51,19 @@ class SDPAAttention(Attention):
     Holds the same parameters as :class:`detectron2.modeling.backbone.vit.Attention` (``qkv``, ``proj``).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x: ``(B, N, C)``. Returns ``(B, N, C)``."""
+    def forward(self, x: torch.Tensor, angles: torch.Tensor | None = None, num_prefix: int = 0) -> torch.Tensor:
+        """Args: x: ``(B, N, C)``; angles: RoPE angles of the patch tokens (after ``num_prefix``) or None.
+        Returns ``(B, N, C)``."""
         if self.use_rel_pos:
             raise ValueError("SDPAAttention does not support relative position (use_rel_pos=True)")
         B, N, C = x.shape
         # (3, B, heads, N, head_dim): the same qkv split as detectron2's Attention
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        if angles is not None:
+            x = rope_sdpa(q, k, v, angles, num_prefix, scale=self.scale)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         x = x.transpose(1, 2).reshape(B, N, -1)
         return self.proj(x)
 
@@ -60,11 +71,12 @@ class SDPAAttention(Attention):
 class SDPABlock(Block):
     """detectron2's ViT block over a token sequence with ``num_prefix`` extra tokens before the patch tokens."""
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], num_prefix: int = 0) -> torch.Tensor:
-        """Args: x: ``(B, num_prefix + H*W, C)``; hw: the patch grid ``(H, W)``. Returns the same shape."""
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], num_prefix: int = 0, angles=None) -> torch.Tensor:
+        """Args: x: ``(B, num_prefix + H*W, C)``; hw: the patch grid ``(H, W)``; angles: RoPE angles or None.
+        Returns the same shape."""
         if self.window_size > 0:
             raise ValueError("SDPABlock does not support window attention (window_size > 0)")
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x), angles, num_prefix))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if self.use_residual_block:
             H, W = hw
@@ -99,6 +111,10 @@ class SDPAViT(ViT):
         use_rel_pos: bool = False,
         use_cls_token: bool = False,
         num_register_tokens: int = 0,
+        use_rope: bool = False,
+        rope_base: float = 10000.0,
+        rope_rule: str = "axial",
+        rope_coords: str = "grid",
         **kwargs,
     ):
         if use_rel_pos:
@@ -117,7 +133,9 @@ class SDPAViT(ViT):
             raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
         use_abs_pos = kwargs.get("use_abs_pos", True)
         pretrain_use_cls_token = kwargs.get("pretrain_use_cls_token", True)
-        if use_cls_token and not (use_abs_pos and pretrain_use_cls_token):
+        if use_rope and use_abs_pos:
+            raise ValueError("use_rope=True replaces the absolute position: set use_abs_pos=False")
+        if use_cls_token and not use_rope and not (use_abs_pos and pretrain_use_cls_token):
             raise ValueError(
                 "use_cls_token=True takes the CLS token's position embedding from pos_embed[:, :1]; it needs "
                 f"use_abs_pos=True and pretrain_use_cls_token=True (got {use_abs_pos}, {pretrain_use_cls_token})"
@@ -132,6 +150,10 @@ class SDPAViT(ViT):
         self.use_cls_token = bool(use_cls_token)
         self.num_register_tokens = num_register_tokens
         embed_dim = self.patch_embed.proj.out_channels
+        self.use_rope, self.rope_coords = bool(use_rope), rope_coords
+        if self.use_rope:
+            head_dim = embed_dim // self.blocks[0].attn.num_heads
+            self.register_buffer("rope_freqs", rope_frequencies(head_dim, rope_base, rope_rule), persistent=False)
         # Created after detectron2's initialisation so that all other parameters match ViT's for the same seed.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.use_cls_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
@@ -153,17 +175,21 @@ class SDPAViT(ViT):
         x = x.reshape(B, h * w, C)
         prefix = []
         if self.cls_token is not None:
-            prefix.append((self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1))
+            cls = self.cls_token if self.pos_embed is None else self.cls_token + self.pos_embed[:, :1]
+            prefix.append(cls.expand(B, -1, -1))
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(B, -1, -1))
         if prefix:
             x = torch.cat(prefix + [x], dim=1)
         n = self.num_prefix_tokens
+        angles = None
+        if self.use_rope:
+            angles = rope_angles(coords_for_grid(h, w, self.rope_coords, x.device)[None], self.rope_freqs)
         ckpt = self.use_act_checkpoint and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
             if ckpt:
-                x = torch.utils.checkpoint.checkpoint(blk, x, (h, w), n, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, (h, w), n, angles, use_reentrant=False)
             else:
-                x = blk(x, (h, w), n)
+                x = blk(x, (h, w), n, angles)
         x = x[:, n:].reshape(B, h, w, C).permute(0, 3, 1, 2)
         return {self._out_features[0]: x}

@@ -62,6 +62,11 @@ ARCH_KEYS = (
     "num_register_tokens",
     "mlp_ratio",
     "qkv_bias",
+    "use_abs_pos",
+    "use_rope",
+    "rope_base",
+    "rope_rule",
+    "rope_coords",
 )
 
 _MAX_LISTED = 25
@@ -110,7 +115,7 @@ def read_backbone_arch(path: str) -> dict:
         raise ValueError(f"{path}: position grid {gh}x{gw} is not square; detectron2's ViT needs a square grid")
     if a.norm_eps is not None and not math.isclose(a.norm_eps, 1e-6, rel_tol=1e-3):
         logger.warning("%s: meta norm_eps=%s but the ViTDet configs use LayerNorm(eps=1e-6)", path, a.norm_eps)
-    if a.cls_token and not a.cls_slot:
+    if a.cls_token and not a.cls_slot and not a.rope:
         raise ValueError(f"{path}: has {BACKBONE_PREFIX}cls_token but {BACKBONE_PREFIX}pos_embed has no CLS slot")
     return {
         "embed_dim": a.embed_dim,
@@ -124,6 +129,21 @@ def read_backbone_arch(path: str) -> dict:
         "mlp_ratio": a.mlp_ratio,
         "qkv_bias": a.qkv_bias,
         "grid": [gh, gw],
+        **_rope_args(a.rope),
+    }
+
+
+def _rope_args(rope: dict | None) -> dict:
+    """``SDPAViT``'s position arguments for 2-D RoPE as ``meta["rope"]`` records it (none for a ``pos_embed`` file:
+    the configs' defaults, an absolute ``pos_embed``)."""
+    if not rope:
+        return {}
+    return {
+        "use_abs_pos": False,
+        "use_rope": True,
+        "rope_base": float(rope["base"]),
+        "rope_rule": str(rope["rule"]),
+        "rope_coords": str(rope["coords"]),
     }
 
 
@@ -173,6 +193,12 @@ def backbone_meta(cfg, **extra) -> dict:
         "num_register_tokens": int(net.get("num_register_tokens", 0)),
         "target": "detectron2-vitdet-model",
     }
+    if net.get("use_rope", False):
+        meta["rope"] = {
+            "base": float(net.get("rope_base", 10000.0)),
+            "rule": str(net.get("rope_rule", "axial")),
+            "coords": str(net.get("rope_coords", "grid")),
+        }
     meta.update(extra)
     return meta
 

@@ -34,7 +34,9 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -46,6 +48,7 @@ from detectron2.utils.logger import setup_logger
 
 from pretrain.io import METRICS_FINAL, atomic_write_json
 from transfer.checkpoint_compat import allow_framework_checkpoint_globals
+from transfer.dataset_roots import COCO_VARIABLES, ignored_variable_note, missing_root_message, resolve_root
 from transfer.vitdet.checkpoint import (
     StrictDetectionCheckpointer,
     apply_backbone_arch,
@@ -53,7 +56,7 @@ from transfer.vitdet.checkpoint import (
     check_backbone_arch,
     read_backbone_arch,
 )
-from transfer.vitdet.data import TOY_COCO_ENV, check_datasets_available, register_toy_coco
+from transfer.vitdet.data import TOY_COCO_ENV, check_datasets_available, register_toy_coco, toy_coco_split_paths
 
 __all__ = [
     "build_parser",
@@ -154,7 +157,7 @@ def _last_checkpoint(output_dir: str) -> str | None:
 def _warn_grid(cfg, arch) -> None:
     net = cfg.model.backbone.net
     pad = int(cfg.model.backbone.get("square_pad", 0) or 0)
-    if pad and pad != arch["pretrain_img_size"]:
+    if pad and pad != arch["pretrain_img_size"] and not arch.get("use_rope"):  # RoPE: any grid, nothing resized
         logger.warning(
             "checkpoint position grid %s x patch %d = %d px but the model pads images to %d px: pos_embed is "
             "resized bicubically at every forward (convert at grid %d to avoid it)",
@@ -174,22 +177,38 @@ def _dataset_names(cfg) -> list[str]:
     return names
 
 
-def register_datasets(cfg) -> None:
-    """Register toy COCO sets named ``toy_coco*``: root ``$TOY_COCO_ROOT`` when set, else ``train.toy_coco_root``
-    (the toy config's default: ``data/toy/coco``, where ``tools/make_toy_data.py`` writes it)."""
+def register_datasets(cfg, opts=()) -> None:
+    """Register toy COCO sets named ``toy_coco*`` from the root of :func:`toy_coco_root`, then check that every
+    dataset's files exist (COCO: below ``$DETECTRON2_DATASETS``)."""
     names = _dataset_names(cfg)
     prefixes = sorted({n.rsplit("_", 1)[0] for n in names if n.startswith("toy_coco")})
     if prefixes:
-        root = os.environ.get(TOY_COCO_ENV) or cfg.train.get("toy_coco_root") or ""
-        if not root or not os.path.isdir(root):
-            raise ValueError(
-                f"datasets {names} need the toy COCO set, not found at {root!r}: run "
-                f"`python tools/make_toy_data.py --out data/toy`, or set {TOY_COCO_ENV}=<dir> or "
-                "train.toy_coco_root=<dir>, a folder written by toydata.make_toy_coco(dir, ...)"
-            )
+        root = toy_coco_root(cfg, opts, names)
         for prefix in prefixes:
             register_toy_coco(root, name_prefix=prefix)
+    elif any(n.startswith("coco_") for n in names):
+        note = ignored_variable_note("DETECTRON2_DATASETS", COCO_VARIABLES)
+        if note:
+            logger.warning("note: %s", note)
     check_datasets_available(names)
+
+
+def toy_coco_root(cfg, opts=(), names=()) -> str:
+    """The toy COCO root: ``train.toy_coco_root=`` on the command line, else ``$TOY_COCO_ROOT``, else the config's
+    ``train.toy_coco_root`` (transfer/dataset_roots.py). ``FileNotFoundError`` naming the variable and the path when
+    it lacks the toy set; a note when only ``DETECTRON2_DATASETS`` (the real COCO's variable) is set."""
+    explicit = [o.split("=", 1)[1] for o in opts if o.startswith("train.toy_coco_root=")]
+    default = cfg.train.get("toy_coco_root") or ""
+    root, where = resolve_root(TOY_COCO_ENV, default, explicit[-1] if explicit else None, "train.toy_coco_root=")
+    note = None if explicit else ignored_variable_note(TOY_COCO_ENV, COCO_VARIABLES)
+    if note:
+        logger.warning("note: %s; using %s", note, root)
+    json_file, image_dir = toy_coco_split_paths(root)["train"]
+    if not root or not (os.path.isfile(json_file) and os.path.isdir(image_dir)):
+        needs = "annotations/instances_{train,val}.json and {train,val}/ (python tools/make_toy_data.py --out data/toy)"
+        what = f"the toy COCO set of {list(names)}" if names else "the toy COCO set"
+        raise FileNotFoundError(missing_root_message(what, root or ".", where, TOY_COCO_ENV, needs, note))
+    return root
 
 
 def do_test(cfg, model) -> dict:
@@ -235,6 +254,9 @@ def _write_final(cfg, results: dict, iteration, args) -> None:
     )
     path = os.path.join(cfg.train.output_dir, METRICS_FILE)
     atomic_write_json(out, path)
+    from resultsdb.hooks import record_vitdet  # the results database (docs/evaluation.md); never raises
+
+    record_vitdet(out, cfg, getattr(args, "opts", ()))
     line = summary_line(results or {})
     logger.info("%s (metrics: %s)", line, path)
     print(line, flush=True)
@@ -303,7 +325,7 @@ def main(args) -> dict:
     cfg = setup_config(args)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="transfer")
-    register_datasets(cfg)
+    register_datasets(cfg, args.opts)
     if args.eval_only:
         init = cfg.train.get("init_checkpoint") or ""
         if not init:
@@ -324,14 +346,32 @@ def cli(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.num_machines > 1 and args.dist_url == "auto":
         raise SystemExit("--dist-url tcp://MASTER_ADDR:PORT is required with --num-machines > 1")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    dist_url, folder = args.dist_url, None
+    if dist_url == "auto" and args.num_machines == 1 and args.num_gpus > 1:
+        folder = tempfile.mkdtemp(prefix="vitdet-rendezvous-")
+        dist_url = local_rendezvous_url(folder)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=dist_url,
+            args=(args,),
+        )
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def local_rendezvous_url(folder: str) -> str:
+    """For several processes on one machine: a ``file://`` rendezvous in ``folder`` (empty) instead of detectron2's
+    ``tcp://127.0.0.1:<free port>``, whose store would listen on every interface; and the process group's sockets
+    on loopback (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` = ``lo`` unless set, inherited by the workers), so
+    that nothing listens beyond loopback (docs/usage.md, "Reliability")."""
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    return "file://" + os.path.join(folder, "store")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def test_every_pretraining_config_builds_the_method(path):
                 "heads.n_prototypes=16",
                 "heads.hidden_dim=16",
                 "heads.bottleneck_dim=8",
+                "cr2pq.teacher_init=random",  # CR2PQ's recipes read the teacher's weights from a file
             ],
         )
     )  # builds
