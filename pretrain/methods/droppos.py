@@ -22,11 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..data.dataset import SSLDataset
@@ -36,6 +34,7 @@ from ..data.position_aug import PositionScaleAugmentation
 from ..io import atomic_torch_save
 from ..models.from_config import backbone_config
 from ..models.position_field import mae_sincos_2d
+from ..models.token_decoder import TokenDecoder
 from ..models.vit import VisionTransformer, build_vit
 from ..seeding import mix_seeds
 from .base import PretrainingMethod
@@ -191,29 +190,16 @@ class SigmaSchedule:
 
 
 # ------------------------------------------------------------------------------------------- modules
-class DropPosDecoder(nn.Module):
-    """Encoder tokens ``(B, L, d)`` -> position logits ``(B, L, N)``: ``embed`` Linear(d, dim), ``depth`` timm
-    ``Block`` s (no position embedding), ``norm``, ``pred`` Linear(dim, N)."""
+class DropPosDecoder(TokenDecoder):
+    """Encoder tokens ``(B, L, d)`` -> position logits ``(B, L, N)`` (:class:`TokenDecoder` with ``N`` outputs);
+    ``config`` holds its arguments for ``droppos_head.pth``."""
 
     def __init__(
         self, embed_dim: int, num_positions: int, dim: int = 512, depth: int = 2, heads: int = 16, norm_eps=1e-6
     ):
-        super().__init__()
+        super().__init__(embed_dim, num_positions, dim, depth, heads, norm_eps)
         self.config = dict(embed_dim=embed_dim, num_positions=num_positions, dim=dim, depth=depth, heads=heads)
         self.config["norm_eps"] = norm_eps
-        norm = partial(nn.LayerNorm, eps=norm_eps)
-        self.embed = nn.Linear(embed_dim, dim)
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm) for _ in range(depth)
-        )
-        self.norm = norm(dim)
-        self.pred = nn.Linear(dim, num_positions)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.pred(self.norm(x))
 
 
 def encode_visible(

@@ -10,14 +10,12 @@ heads are then joined by ``W_O``. None of these modules is exported: the paper d
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .rope import apply_rope, rope_angles, rope_frequencies
+from .token_decoder import TokenDecoder
 
 __all__ = ["GlobalProjector", "PatchDecoder", "PositionalQueryAttention"]
 
@@ -58,25 +56,12 @@ class PositionalQueryAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
 
 
-class PatchDecoder(nn.Module):
-    """The light decoder ``g``: ``Linear(d, dim)``, ``depth`` timm ``Block`` s (no positions: they are in the tokens
-    through the cross-attention), LayerNorm, ``Linear(dim, out_dim)`` to the teacher's width."""
+class PatchDecoder(TokenDecoder):
+    """The light decoder ``g`` (:class:`TokenDecoder`; no positions: they are in the tokens through the
+    cross-attention), from the cross-attention's width to the teacher's, with CR2PQ's defaults."""
 
     def __init__(self, in_dim: int, out_dim: int, dim: int = 384, depth: int = 2, heads: int = 6, norm_eps=1e-6):
-        super().__init__()
-        norm = partial(nn.LayerNorm, eps=norm_eps)
-        self.embed = nn.Linear(in_dim, dim)
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm) for _ in range(depth)
-        )
-        self.norm = norm(dim)
-        self.pred = nn.Linear(dim, out_dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.pred(self.norm(x))
+        super().__init__(in_dim, out_dim, dim, depth, heads, norm_eps)
 
 
 class GlobalProjector(nn.Sequential):

@@ -8,8 +8,7 @@ pytest.importorskip("mmcv.ops")
 
 from mmengine.config import Config  # noqa: E402
 
-from pretrain.export import export_backbone  # noqa: E402
-from pretrain.models.vit import ViTConfig, build_vit  # noqa: E402
+from tests.support.models import exported_random_rope_vit  # noqa: E402
 from tests.transfer.segmenter.helpers import TOY_CFG, _build_model  # noqa: E402
 from transfer.convert.api import convert_checkpoint  # noqa: E402
 from transfer.segmenter import integration  # noqa: E402
@@ -19,24 +18,7 @@ from transfer.segmenter import integration  # noqa: E402
 def rope_seg(tmp_path_factory):
     """Our random RoPE ViT, its MMSeg conversion at a 4 x 4 grid, the toy config applied to it and the model."""
     d = tmp_path_factory.mktemp("rope_seg")
-    torch.manual_seed(0)
-    cfg = ViTConfig.from_arch(
-        "vit_pico",
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        img_size=64,
-        patch_size=16,
-        pos_field=False,
-        pos_embed_type="none",
-        rope=True,
-        layerscale=None,
-    )
-    model = build_vit(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    export_backbone(model, d / "backbone.pth")
+    model, _ = exported_random_rope_vit(d, embed_dim=32, img_size=64, noise=0.1)
     convert_checkpoint(d / "backbone.pth", d / "mmseg.pth", "mmseg", grid=(4, 4), quiet=True)
     seg_cfg = Config.fromfile(TOY_CFG)
     arch = integration.apply_checkpoint_to_config(seg_cfg, str(d / "mmseg.pth"))

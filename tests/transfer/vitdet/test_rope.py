@@ -9,8 +9,7 @@ pytest.importorskip("detectron2")
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
-from pretrain.export import export_backbone  # noqa: E402
-from pretrain.models.vit import ViTConfig, build_vit  # noqa: E402
+from tests.support.models import exported_random_rope_vit  # noqa: E402
 from tests.transfer.vitdet.helpers import CFG_DIR  # noqa: E402
 from transfer.convert.api import convert_checkpoint  # noqa: E402
 from transfer.vitdet.checkpoint import (  # noqa: E402
@@ -25,25 +24,7 @@ from transfer.vitdet.checkpoint import (  # noqa: E402
 @pytest.fixture(scope="module")
 def rope_d2(tmp_path_factory):
     d = tmp_path_factory.mktemp("rope_d2")
-    torch.manual_seed(0)
-    cfg = ViTConfig.from_arch(
-        "vit_pico",
-        embed_dim=64,
-        depth=2,
-        num_heads=2,
-        img_size=128,
-        patch_size=16,
-        pos_field=False,
-        pos_embed_type="none",
-        rope=True,
-        rope_base=100.0,
-        layerscale=None,
-    )
-    model = build_vit(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    export_backbone(model, d / "backbone.pth")
+    model, _ = exported_random_rope_vit(d, embed_dim=64, img_size=128, noise=0.05, rope_base=100.0)
     dst = d / "d2.pth"
     convert_checkpoint(d / "backbone.pth", dst, "detectron2", grid=(8, 8), quiet=True)
     return model, str(dst)
