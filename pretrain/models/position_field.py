@@ -126,27 +126,35 @@ class PositionField(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
-#: Resampling rules of a learned ``pos_embed`` grid (docs/fidelity.md, field-off positions).
-POS_INTERPOLATIONS = ("dinov2", "size")
+#: Resampling rules of a learned ``pos_embed`` grid (docs/fidelity.md, field-off positions; docs/protocols.md for
+#: which source checkpoint follows which): name -> (scale-factor offset or None for "by output size", antialias).
+POS_INTERPOLATION_RULES = {
+    "size": (None, False),  # MAE, Hugging Face Dinov2Model / ViTMAEModel, detectron2's get_abs_pos
+    "dinov2": (0.1, False),  # DINOv2 without registers: scale factor (n + 0.1) / M
+    "size_antialias": (None, True),  # DINOv2 with registers (offset 0, antialias), timm's resample_abs_pos_embed
+}
+POS_INTERPOLATIONS = tuple(POS_INTERPOLATION_RULES)
 
 
 def resize_pos_grid(grid: torch.Tensor, size: tuple[int, int], rule: str = "size") -> torch.Tensor:
-    """Resample a ``(1, d, h, w)`` position grid to ``size`` in one bicubic step (``align_corners=False``, no
-    antialias). The field-off model and the converters use the same function, so they agree.
+    """Resample a ``(1, d, h, w)`` position grid to ``size`` in one bicubic step (``align_corners=False``) under
+    ``rule`` (:data:`POS_INTERPOLATION_RULES`). The field-off model and the converters use the same function.
 
-    ``rule="size"`` interpolates to the output size. ``rule="dinov2"`` is DINOv2's code: the scale factor
-    ``(n + 0.1) / M`` per axis, which PyTorch also uses to place the source samples, so the values differ slightly
-    from ``size`` (same output shape). A grid already at ``size`` is returned unchanged under both rules.
+    ``"size"`` interpolates to the output size. ``"dinov2"`` is DINOv2's code: the scale factor ``(n + 0.1) / M``
+    per axis, which PyTorch also uses to place the source samples, so the values differ slightly from ``size``
+    (same output shape). ``"size_antialias"`` is by size with ``antialias=True``, which in PyTorch is a different
+    bicubic kernel (a = -0.5 instead of -0.75) even when upsampling. A grid already at ``size`` is returned
+    unchanged under every rule (the sources' own models skip the resize there too).
     """
-    if rule not in POS_INTERPOLATIONS:
+    if rule not in POS_INTERPOLATION_RULES:
         raise ValueError(f"pos_embed interpolation must be one of {POS_INTERPOLATIONS}, got {rule!r}")
     if tuple(grid.shape[2:]) == tuple(size):
         return grid
-    if rule == "dinov2":
-        scale = tuple((float(n) + 0.1) / m for n, m in zip(size, grid.shape[2:]))
-        out = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False, antialias=False)
-    else:
-        out = F.interpolate(grid.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
+    offset, antialias = POS_INTERPOLATION_RULES[rule]
+    how = {"size": tuple(size)}
+    if offset is not None:
+        how = {"scale_factor": tuple((float(n) + offset) / m for n, m in zip(size, grid.shape[2:]))}
+    out = F.interpolate(grid.float(), mode="bicubic", align_corners=False, antialias=antialias, **how)
     if tuple(out.shape[2:]) != tuple(size):
         raise ValueError(f"{rule} resampling of a {tuple(grid.shape[2:])} grid gave {tuple(out.shape[2:])}, not {size}")
     return out.to(grid.dtype)

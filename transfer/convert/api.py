@@ -22,6 +22,7 @@ from .writers import DEFAULT_GRIDS, TARGETS, WRITERS, WriteResult
 FORMAT_DESC = {
     "ours": "ssl-vit-toolkit backbone",
     "dinov2": "official DINOv2 layout",
+    "dinov3": "DINOv3 ViT (official or timm layout)",
     "timm": "timm VisionTransformer state dict",
     "mae": "MAE/iBOT/DINO release layout",
 }
@@ -43,6 +44,7 @@ def convert_checkpoint(
     tol: float = 1e-4,
     unsafe_load: bool = False,
     quiet: bool = False,
+    pos_interpolation: str = "auto",
 ) -> dict:
     """Convert ``src`` into ``dst`` for ``target`` (``"detectron2"``, ``"mmseg"`` or ``"timm"``), e.g.
     ``convert_checkpoint("backbone.pth", "d2.pth", "detectron2", grid=(64, 64))``.
@@ -54,7 +56,10 @@ def convert_checkpoint(
     src, dst = os.fspath(src), os.fspath(dst)
     grid = _check_request(src, dst, target, grid, patch_size, keep_tokens)
     obj = load_file(src, unsafe_load=unsafe_load)
-    c, _ = read_checkpoint(obj, ReadOptions(src_format=src_format, num_heads=num_heads, norm_eps=norm_eps))
+    c, _ = read_checkpoint(
+        obj,
+        ReadOptions(src_format=src_format, num_heads=num_heads, norm_eps=norm_eps, pos_interpolation=pos_interpolation),
+    )
     del obj
     n_params = c.num_params()
     if not no_check:

@@ -321,6 +321,26 @@ def patch_pos_at(c: CanonicalViT, grid: tuple[int, int]) -> torch.Tensor:
     return g.flatten(2).transpose(1, 2).contiguous()
 
 
+def rope_pair_permutation(head_dim: int, to: str = "pairs") -> torch.Tensor:
+    """Channel order that turns one head's rotate-half RoPE layout (DINOv3, timm ``rope_rotate_half``: channel
+    ``j`` pairs with ``j + D/2``) into our interleaved layout (channel ``2j`` pairs with ``2j + 1``,
+    docs/positions.md), or back with ``to="half"``: ``new = old[perm]``."""
+    half = head_dim // 2
+    pairs = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)  # 0, h, 1, h+1, ...
+    return pairs if to == "pairs" else torch.argsort(pairs)
+
+
+def permute_qk_heads(weight: torch.Tensor, bias, num_heads: int, to: str = "pairs"):
+    """Reorder the query and key channels of a fused ``(3D, D)`` qkv projection (and its bias) inside every head by
+    :func:`rope_pair_permutation`. The same reorder on q and k leaves ``q . k`` unchanged, so with RoPE applied in
+    the matching layout the attention is exactly the same (docs/positions.md); v is untouched."""
+    d = weight.shape[1]
+    perm = rope_pair_permutation(d // num_heads, to)
+    idx = torch.cat([h * (d // num_heads) + perm for h in range(num_heads)])
+    full = torch.cat([idx, idx + d, torch.arange(2 * d, 3 * d)])
+    return weight[full], (bias[full] if bias is not None else None)
+
+
 def pos_source_desc(c: CanonicalViT) -> str:
     if c.rope is not None:
         r = c.rope
@@ -329,8 +349,16 @@ def pos_source_desc(c: CanonicalViT) -> str:
         h, w = c.pos_field.shape[2:]
         return f"position field {h}x{w} sampled bilinearly at the patch centres over the whole virtual image"
     h, w = c.pos_grid.shape[2:]
-    rule = "DINOv2's scale factor with offset 0.1" if c.pos_interpolation == "dinov2" else "by size, no offset"
-    return f"pos_embed grid {h}x{w} (resized once: bicubic, align_corners=False, no antialias, {rule})"
+    rule = POS_RULE_DESC.get(c.pos_interpolation, c.pos_interpolation)
+    return f"pos_embed grid {h}x{w} (resized once: bicubic, align_corners=False, rule {c.pos_interpolation!r}: {rule})"
+
+
+#: How each ``pos_interpolation`` rule resizes (pretrain.models.position_field.POS_INTERPOLATION_RULES).
+POS_RULE_DESC = {
+    "size": "by output size, no antialias",
+    "dinov2": "DINOv2's scale factor (n + 0.1) / M, no antialias",
+    "size_antialias": "by output size with antialias (DINOv2 register models, timm)",
+}
 
 
 def split_pos_embed(pos_embed: torch.Tensor, num_prefix_candidates: list[int]) -> tuple[int, torch.Tensor, tuple]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.models.position_field import POS_INTERPOLATIONS
+
 from .api import convert_checkpoint
 from .canonical import ConversionError
 from .readers import FORMATS
@@ -39,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention heads (not inferable from weights); default: checkpoint metadata, else the standard table "
         "192->3, 384->6, 768->12, 1024->16, 1280->16, 1536->24",
     )
-    ap.add_argument("--norm-eps", type=float, help="LayerNorm eps (default: metadata, else 1e-6)")
+    ap.add_argument("--norm-eps", type=float, help="LayerNorm eps (default: metadata, else 1e-6; DINOv3 1e-5)")
+    ap.add_argument(
+        "--pos-interpolation",
+        default="auto",
+        choices=("auto",) + POS_INTERPOLATIONS,
+        help="how the source model resizes its stored pos_embed to another grid; auto = the source's own rule "
+        "(DINOv2: 'dinov2' = scale factor with offset 0.1, register models 'size_antialias'; timm "
+        "'size_antialias'; MAE 'size'; ours: its metadata)",
+    )
     ap.add_argument("--drop-registers", action="store_true", help="drop register tokens for targets without them")
     ap.add_argument(
         "--keep-tokens",

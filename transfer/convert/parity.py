@@ -159,6 +159,41 @@ def _timm_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, fina
     return forward, f"source ({c.source_format}, rebuilt as a timm ViT at patch {a.patch_size})"
 
 
+def _eva_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, final_norm: bool):
+    """A DINOv3 source as timm's DINOv3 model (``Eva``, rotate-half RoPE, which reproduces the official model's
+    outputs: tests/transfer/convert/test_official.py), optionally without CLS / registers / final norm."""
+    import timm
+
+    from .canonical import fold_layerscale
+    from .writers import eva_kwargs, eva_state
+
+    folded = fold_layerscale(c)
+    name, kw = eva_kwargs(folded, grid)
+    use_cls = with_cls and c.cls_token is not None
+    regs = c.num_registers if with_regs else 0
+    kw.update(class_token=use_cls, num_reg_tokens=regs, global_pool="avg")
+    model = timm.create_model(name, pretrained=False, norm_layer=partial(nn.LayerNorm, eps=c.arch.norm_eps), **kw)
+    sd = eva_state(folded)
+    if not use_cls:
+        sd.pop("cls_token", None)
+    if not regs:
+        sd.pop("reg_token", None)
+    model.eval().load_state_dict(sd, strict=True)
+    n_prefix = model.num_prefix_tokens
+
+    @torch.no_grad()
+    def forward(img):
+        x, rot = model._pos_embed(model.patch_embed(img))
+        x = model.norm_pre(x)
+        for blk in model.blocks:
+            x = blk(x, rope=rot)
+        if final_norm:
+            x = model.norm(x)
+        return x[:, n_prefix:]
+
+    return forward, f"source ({c.source_format}, as timm's DINOv3 model {name})"
+
+
 def source_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, final_norm: bool):
     """A function image -> source patch tokens ``(B, N, D)``, and a description of what it is.
 
@@ -168,6 +203,8 @@ def source_reference(c: CanonicalViT, grid, with_cls: bool, with_regs: bool, fin
     vit_cfg = c.source_meta.get("vit_config") if c.source_format == "ours" else None
     if vit_cfg is not None and int(vit_cfg.get("patch_size", 16)) == c.arch.patch_size:
         return _ours_reference(c, with_cls, with_regs, final_norm)
+    if c.rope is not None and c.source_format == "dinov3":
+        return _eva_reference(c, grid, with_cls, with_regs, final_norm)
     if c.rope is not None:
         raise ConversionError(
             "a RoPE source is checked against its own ViT at its own patch size: convert it with --patch-size "
@@ -211,9 +248,14 @@ def build_detectron2(state: dict, meta: dict):
     )
     if meta.get("rope"):
         kwargs.update(use_abs_pos=False, pretrain_use_cls_token=False, use_rope=True, **_rope_kwargs(meta))
-    model = vit_cls(**kwargs).eval()
     prefix = meta.get("key_prefix", D2_KEY_PREFIX)
     token_keys = {prefix + "cls_token", prefix + "reg_token"}  # only for the project's token-keeping backbone
+    tokens = _d2_tokens_kept(meta)
+    if tokens:
+        vit_cls = _target_class("detectron2", "transfer.vitdet.backbone", "SDPAViT", "detectron2")
+        kwargs.update(use_cls_token=bool(meta.get("cls_token_kept")), num_register_tokens=meta["num_register_tokens"])
+        token_keys = set()
+    model = vit_cls(**kwargs).eval()
     sd = {k[len(prefix) :]: v for k, v in state.items() if k not in token_keys}
     _load_strict(model, sd, "detectron2's ViT")
 
@@ -225,11 +267,16 @@ def build_detectron2(state: dict, meta: dict):
     return forward
 
 
+def _d2_tokens_kept(meta: dict) -> bool:
+    """Whether a detectron2-target file keeps CLS / registers for the project's SDPA backbone (--keep-tokens)."""
+    return bool(meta.get("cls_token_kept") or meta.get("num_register_tokens"))
+
+
 def build_mmseg(state: dict, meta: dict):
     extra = {}
     if meta.get("rope"):
         vit_cls = _target_class("mmseg", "transfer.segmenter.rope_vit", "RoPEVisionTransformer", "mmsegmentation")
-        extra = _rope_kwargs(meta)
+        extra = dict(_rope_kwargs(meta), num_register_tokens=int(meta.get("num_register_tokens", 0)))
     else:
         vit_cls = _target_class("mmseg", "mmseg.models.backbones", "VisionTransformer", "mmsegmentation")
     gh, gw = meta["grid"]
@@ -266,7 +313,13 @@ def build_timm(state: dict, meta: dict):
     from timm.models.vision_transformer import VisionTransformer
 
     kw = dict(meta["timm_kwargs"])
-    model = VisionTransformer(**kw, norm_layer=partial(nn.LayerNorm, eps=meta["norm_eps"]), weight_init="skip").eval()
+    if meta.get("timm_model"):  # timm's DINOv3 (Eva) for a DINOv3-rule RoPE source
+        import timm
+
+        model = timm.create_model(meta["timm_model"], pretrained=False, **kw).eval()
+    else:
+        model = VisionTransformer(**kw, norm_layer=partial(nn.LayerNorm, eps=meta["norm_eps"]), weight_init="skip")
+        model.eval()
     _load_strict(model, state, "timm's VisionTransformer")
 
     @torch.no_grad()
@@ -286,11 +339,12 @@ def _load_strict(model: nn.Module, state: dict, what: str) -> None:
 TARGET_BUILDERS = {"detectron2": build_detectron2, "mmseg": build_mmseg, "timm": build_timm}
 # (with_cls, with_regs, final_norm) of the reference for each target
 REFERENCE_MODE = {"detectron2": (False, False, False), "mmseg": (True, False, True), "timm": (True, True, True)}
-REFERENCE_DESC = {
-    "detectron2": "no CLS/registers, before the final norm",
-    "mmseg": "CLS kept, no registers, final-normed",
-    "timm": "CLS and registers kept, final-normed",
-}
+
+
+def _mode_desc(with_cls: bool, with_regs: bool, final_norm: bool) -> str:
+    cls = "CLS kept" if with_cls else "no CLS"
+    regs = "registers kept" if with_regs else "no registers"
+    return f"{cls}, {regs}, " + ("final-normed" if final_norm else "before the final norm")
 
 
 def check_parity(
@@ -301,8 +355,10 @@ def check_parity(
     gh, gw = meta["grid"]
     p = meta["patch_size"]
     with_cls, with_regs, final_norm = REFERENCE_MODE[target]
-    if target == "timm":
+    if target == "timm" or (target == "mmseg" and meta.get("rope")):
         with_regs = meta["num_register_tokens"] > 0
+    if target == "detectron2" and _d2_tokens_kept(meta):  # the SDPA backbone with CLS / registers in the sequence
+        with_cls, with_regs = bool(meta.get("cls_token_kept")), meta["num_register_tokens"] > 0
     ref_fn, ref_desc = source_reference(c_unfolded, (gh, gw), with_cls, with_regs, final_norm)
     tgt_fn = TARGET_BUILDERS[target](state, meta)
     gen = torch.Generator().manual_seed(seed)
@@ -318,5 +374,6 @@ def check_parity(
         ref_scale=float(ref.abs().max()),
         tol=tol,
         seconds=time.time() - t0,
-        reference=f"{ref_desc} ({REFERENCE_DESC[target]}) on {batch}x{img.shape[1]}x{gh * p}x{gw * p}",
+        reference=f"{ref_desc} ({_mode_desc(with_cls, with_regs, final_norm)}) on "
+        f"{batch}x{img.shape[1]}x{gh * p}x{gw * p}",
     )

@@ -14,12 +14,20 @@ Formats (``--src-format``):
   patch 14 (resampled to ``--patch-size`` later).
 - ``timm``: a timm ``VisionTransformer`` state dict (``reg_token``; ``pos_embed`` with or without prefix slots,
   i.e. ``no_embed_class``; LayerScale ``ls*.gamma``; ``head``/``fc_norm`` dropped).
+- ``dinov3``: official DINOv3 ViTs (``storage_tokens``, ``rope_embed.periods``, masked k bias, LayerScale) and
+  timm's ``vit_*_patch16_dinov3`` layout (``reg_token``, ``gamma_1/2``, ``q_bias``/``v_bias``), read by
+  :mod:`.dinov3_layout` into a RoPE model (rule ``dinov3``, normalised coordinates, q/k in our pair layout).
 - ``mae``: MAE / iBOT / DINO research releases: timm-style keys inside a ``model``/``teacher``/``state_dict``/
   ``student`` wrapper (teacher preferred) with ``module.``/``backbone.``/``encoder.`` prefixes; heads, decoders
   and mask tokens are dropped; a global-pool MAE that has ``fc_norm`` but no ``norm`` uses ``fc_norm`` as the
   final norm.
 
 ``auto`` detects the format from the keys; an unknown layout is an error listing what was found.
+
+Each reader also records how its source model resizes a stored ``pos_embed`` to another grid
+(``pos_interpolation``, pretrain.models.position_field.POS_INTERPOLATION_RULES): DINOv2 ``dinov2`` (offset 0.1)
+without registers and ``size_antialias`` with them (the hub models), timm ``size_antialias``, MAE ``size``, ours
+what its metadata says; ``--pos-interpolation`` overrides it (e.g. a DINOv2 run trained with other settings).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import torch
 from pretrain.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.export import FORMAT as OURS_FORMAT
 
+from . import dinov3_layout
 from .canonical import (
     BLOCK_PARAMS,
     OPTIONAL_BLOCK_PARAMS,
@@ -42,12 +51,13 @@ from .canonical import (
     ConversionError,
     infer_depth,
     infer_num_heads,
+    permute_qk_heads,
     split_pos_embed,
     validate,
 )
 from .metadata import check_meta_agrees
 
-FORMATS = ("ours", "dinov2", "timm", "mae")
+FORMATS = ("ours", "dinov2", "dinov3", "timm", "mae")
 # preference order: the EMA teacher first; "backbone" for nested {"teacher": {"backbone": {...}, "dino_head": ...}}
 WRAPPER_KEYS = ("teacher", "model", "state_dict", "student", "backbone")
 PREFIXES = ("module.", "backbone.", "encoder.")
@@ -73,6 +83,7 @@ class ReadOptions:
     num_heads: int | None = None
     norm_eps: float | None = None
     unsafe_load: bool = False
+    pos_interpolation: str = "auto"  # auto (the source's own rule) or a POS_INTERPOLATION_RULES name
 
 
 @dataclass
@@ -209,6 +220,8 @@ def detect_format(u: Unwrapped) -> str:
     keys = set(u.state)
     if u.exported or keys & {"pos_field.field", "cls_pos_embed", "posmask_token"}:
         return "ours"
+    if dinov3_layout.is_dinov3(keys):
+        return "dinov3"
     has_ls = any(k.endswith(".ls1.gamma") for k in keys)
     if "register_tokens" in keys or any(_CHUNKED.match(k) for k in keys):
         return "dinov2"
@@ -275,7 +288,7 @@ def _map_state(u: Unwrapped, fmt: str) -> tuple[dict, dict, dict, list, list]:
         origin[name] = key
     if unknown:
         hint = ""
-        if any(".mlp.w12." in k or ".mlp.w3." in k for k in unknown):
+        if any(re.search(r"\.mlp\.w(12|1|2|3)\.", k) for k in unknown):
             hint = " (SwiGLU FFN, e.g. DINOv2 ViT-g: detectron2/MMSeg ViTs only have a GELU MLP)"
         elif chunked and any(_BLOCK.match(k) and not _CHUNKED.match(k) for k in unknown):
             hint = " (mixed chunked 'blocks.<chunk>.<i>.' and flat 'blocks.<i>.' keys)"
@@ -470,13 +483,29 @@ def _vit_config_from_shapes(c: CanonicalViT, u: Unwrapped) -> dict:
     return vit_cfg
 
 
-def _imagenet_reader(fmt: str, note: str, doc: str):
-    """A reader for a plain-ViT format whose releases are normalised with ImageNet's mean and std."""
+def _source_rule(c: CanonicalViT, opts: ReadOptions, default: str, why: str) -> None:
+    """Set how the source resizes its ``pos_embed`` (the module docstring) and say so in the notes."""
+    from pretrain.models.position_field import POS_INTERPOLATIONS
+
+    if c.pos_grid is None:
+        return
+    rule = default if opts.pos_interpolation == "auto" else opts.pos_interpolation
+    if rule not in POS_INTERPOLATIONS:
+        raise ConversionError(f"unknown --pos-interpolation {rule!r}; choose auto or one of {POS_INTERPOLATIONS}")
+    c.pos_interpolation = rule
+    how = "from --pos-interpolation" if opts.pos_interpolation != "auto" else why
+    c.notes.append(f"pos_embed resized by the source's rule {rule!r} ({how})")
+
+
+def _imagenet_reader(fmt: str, note: str, doc: str, rule):
+    """A reader for a plain-ViT format whose releases are normalised with ImageNet's mean and std; ``rule(c)`` gives
+    the source's own pos_embed resizing rule and why."""
 
     def read(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
         c = _build(u, fmt, opts)
         c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         c.notes.append(note)
+        _source_rule(c, opts, *rule(c))
         return c
 
     read.__name__ = read.__qualname__ = f"read_{fmt}"
@@ -484,24 +513,61 @@ def _imagenet_reader(fmt: str, note: str, doc: str):
     return read
 
 
+def _dinov2_rule(c: CanonicalViT) -> tuple[str, str]:
+    if c.num_registers:
+        return "size_antialias", "DINOv2 hub register models: interpolate_antialias=True, interpolate_offset=0"
+    return "dinov2", "DINOv2 hub models without registers: interpolate_offset=0.1, no antialias"
+
+
 read_dinov2 = _imagenet_reader(
     "dinov2",
     "mean/std: ImageNet (DINOv2's normalisation)",
     "Official DINOv2 / DINOv2-reg (chunks flattened, ``register_tokens`` -> registers, patch 14 kept here).",
+    _dinov2_rule,
 )
 read_timm = _imagenet_reader(
     "timm",
     "mean/std: assumed ImageNet (timm state dicts do not record them; check the model's config)",
     "A timm ``VisionTransformer`` state dict (``reg_token``, ``no_embed_class``, LayerScale supported).",
+    lambda c: ("size_antialias", "timm's resample_abs_pos_embed: by size, antialias"),
 )
 read_mae = _imagenet_reader(
     "mae",
     "mean/std: ImageNet (MAE/iBOT/DINO normalisation)",
     "MAE / iBOT / DINO releases: timm-style keys behind wrappers and prefixes; heads and decoders dropped.",
+    lambda c: ("size", "MAE's interpolate_pos_embed: bicubic by size"),
 )
 
 
-READERS = {"ours": read_ours, "dinov2": read_dinov2, "timm": read_timm, "mae": read_mae}
+def read_dinov3(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
+    """Official DINOv3 or timm-layout DINOv3 ViT (:mod:`.dinov3_layout`): RoPE, storage tokens, LayerScale."""
+    state, dropped, notes = dinov3_layout.to_timm_style(u.state)
+    periods = state.pop("_rope_periods", None)
+    mapped = Unwrapped(state=state, wrappers=u.wrappers, prefixes=u.prefixes, meta=u.meta, ignored=list(u.ignored))
+    eps = dinov3_layout.DINOV3_NORM_EPS
+    c = _build(mapped, "dinov3", opts, meta_eps=eps, rope=dinov3_layout.rope_settings(dinov3_layout.DINOV3_ROPE_BASE))
+    hd = dinov3_layout.head_dim_of(state, c.arch.num_heads)
+    if periods is not None:
+        c.rope["base"] = dinov3_layout.rope_base_from_periods(periods, hd)
+        c.dropped.append(("rope_embed.periods", f"recomputed from base {c.rope['base']:g} (checked)"))
+    for i in range(c.arch.depth):
+        w, b = c.state[f"blocks.{i}.attn.qkv.weight"], c.state.get(f"blocks.{i}.attn.qkv.bias")
+        c.state[f"blocks.{i}.attn.qkv.weight"], c.state[f"blocks.{i}.attn.qkv.bias"] = permute_qk_heads(
+            w, b, c.arch.num_heads
+        )
+    c.source_keys = sorted(u.state)
+    c.dropped += dropped
+    c.notes += notes + [
+        "q/k channels reordered from DINOv3's rotate-half RoPE layout to our pair layout (exact)",
+        f"LayerNorm eps {c.arch.norm_eps:g}" + (" (DINOv3's layernormbf16)" if opts.norm_eps is None else ""),
+        "mean/std: ImageNet (DINOv3's LVD-1689M normalisation)",
+    ]
+    c.mean, c.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    c.source_meta["dinov3"] = {"rope_base": c.rope["base"]}
+    return c
+
+
+READERS = {"ours": read_ours, "dinov2": read_dinov2, "dinov3": read_dinov3, "timm": read_timm, "mae": read_mae}
 
 
 def read_checkpoint(obj, opts: ReadOptions) -> tuple[CanonicalViT, Unwrapped]:

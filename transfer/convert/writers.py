@@ -261,7 +261,8 @@ def _detectron2_tokens(c: CanonicalViT, out: _TargetState, keep_tokens: bool, ke
 def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
     """MMSeg ``VisionTransformer`` state dict (vit2mmseg names) inside ``{"state_dict", "meta"}``."""
     gh, gw = _check_ready(c, grid)
-    _registers_policy(c, "mmseg", False, drop_registers)
+    if c.rope is None:
+        _registers_policy(c, "mmseg", False, drop_registers)
     out = _TargetState()
     out.put_patch_embed(c, "patch_embed.projection")
     d = c.arch.embed_dim
@@ -282,7 +283,10 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         out.put("norm.bias", "ln1.bias", c.state["norm.bias"])
     else:
         out.notes.append("the source has no final norm: meta final_norm=False")
-    if c.num_registers:
+    keep_regs = bool(c.num_registers) and c.rope is not None and not drop_registers
+    if keep_regs:  # the project's RoPE backbone keeps registers in the sequence (DINOv3's storage tokens)
+        out.put("reg_token", "reg_token", c.reg_token)
+    elif c.num_registers:
         out.dropped.append(("reg_token", "MMSeg VisionTransformer has no register tokens (--drop-registers)"))
         out.notes.append("registers dropped: the check compares with the source run without registers")
     meta = _base_meta(c, "mmseg", (gh, gw))
@@ -290,7 +294,7 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         mlp_ratio=int_if_whole(c.arch.mlp_ratio),
         embed_dims=d,
         num_layers=c.arch.depth,
-        num_register_tokens=0,
+        num_register_tokens=c.num_registers if keep_regs else 0,
         cls_token_kept=with_cls,
         with_cls_token=with_cls,
         final_norm=final_norm,
@@ -323,14 +327,76 @@ def timm_kwargs(c: CanonicalViT, grid, keep_regs: bool) -> dict:
     )
 
 
+#: timm's DINOv3 models by width (``timm.models.eva``; the ``_qkvb`` variants hold q and v biases).
+TIMM_DINOV3_MODELS = {384: "vit_small_patch16_dinov3_qkvb", 768: "vit_base_patch16_dinov3_qkvb"}
+
+
+def eva_state(c: CanonicalViT) -> dict:
+    """A LayerScale-folded DINOv3-rule RoPE model as a timm ``Eva`` (``vit_*_patch16_dinov3_qkvb``) state dict:
+    q/k back in the rotate-half layout, ``q_bias``/``v_bias`` (the k bias must be zero: Eva has none), unit
+    ``gamma_1/2`` (LayerScale is folded into the projections)."""
+    from .canonical import permute_qk_heads
+
+    a = c.arch
+    out = {"patch_embed.proj.weight": c.state["patch_embed.proj.weight"], "patch_embed.proj.bias": c.state[
+        "patch_embed.proj.bias"]}  # fmt: skip
+    if c.cls_token is not None:
+        out["cls_token"] = c.cls_token
+    if c.num_registers:
+        out["reg_token"] = c.reg_token
+    for i in range(a.depth):
+        w, b = permute_qk_heads(c.state[f"blocks.{i}.attn.qkv.weight"], c.state[f"blocks.{i}.attn.qkv.bias"],
+                                a.num_heads, to="half")  # fmt: skip
+        q, k, v = b.chunk(3)
+        if k.abs().max() > 0:
+            raise ConversionError(f"block {i} has a non-zero k bias, which timm's DINOv3 (Eva) model cannot hold")
+        out.update({f"blocks.{i}.attn.qkv.weight": w, f"blocks.{i}.attn.q_bias": q, f"blocks.{i}.attn.v_bias": v})
+        for k_ in CANONICAL_BLOCK_PARAMS:
+            if not k_.startswith("attn.qkv"):
+                out[f"blocks.{i}.{k_}"] = c.state[f"blocks.{i}.{k_}"]
+        out[f"blocks.{i}.gamma_1"] = out[f"blocks.{i}.gamma_2"] = torch.ones(a.embed_dim)
+    out.update({k: c.state[k] for k in ("norm.weight", "norm.bias") if k in c.state})
+    return {k: _f32(v) for k, v in out.items()}
+
+
+def eva_kwargs(c: CanonicalViT, grid) -> tuple[str, dict]:
+    """``timm.create_model`` name and keyword arguments for :func:`eva_state` (plain values, for ``meta``)."""
+    a = c.arch
+    if c.rope is None or c.rope["rule"] != "dinov3" or c.rope["coords"] != "normalized":
+        raise ConversionError(
+            f"this source's 2-D RoPE ({c.rope}) has no timm equivalent: timm holds RoPE only as DINOv3's (rule "
+            "dinov3, coordinates normalised per axis); convert to --target detectron2 or mmseg, whose project "
+            "backbones apply it"
+        )
+    name = TIMM_DINOV3_MODELS.get(a.embed_dim, "vit_small_patch16_dinov3_qkvb")
+    kw = dict(img_size=[int(grid[0]) * a.patch_size, int(grid[1]) * a.patch_size], patch_size=a.patch_size,
+              embed_dim=a.embed_dim, depth=a.depth, num_heads=a.num_heads, mlp_ratio=a.mlp_ratio,
+              num_reg_tokens=c.num_registers, rope_temperature=float(c.rope["base"]), init_values=1.0,
+              class_token=c.cls_token is not None, num_classes=0, global_pool="token")  # fmt: skip
+    return name, kw
+
+
+def _write_timm_eva(c: CanonicalViT, grid) -> WriteResult:
+    name, kw = eva_kwargs(c, grid)
+    if abs(c.arch.norm_eps - 1e-5) > 1e-12:
+        raise ConversionError(f"timm's DINOv3 models use LayerNorm eps 1e-5; this source has {c.arch.norm_eps:g}")
+    out = _TargetState()
+    for k, v in eva_state(c).items():
+        out.state[k] = v
+        out.mapped.append((k, k))
+    out.notes.append(f"RoPE (DINOv3 rule): timm.create_model({name!r}, **meta['timm_kwargs'])")
+    meta = _base_meta(c, "timm", grid)
+    meta.update(num_register_tokens=c.num_registers, cls_token_kept=c.cls_token is not None,
+                final_norm=c.has_final_norm, timm_model=name, timm_kwargs=kw)  # fmt: skip
+    return out.result("state_dict", meta)
+
+
 def write_timm(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
-    """timm ``VisionTransformer`` state dict (registers kept unless ``--drop-registers``)."""
+    """timm ``VisionTransformer`` state dict (registers kept unless ``--drop-registers``); a DINOv3-rule RoPE
+    source becomes timm's DINOv3 ``Eva`` model instead."""
     gh, gw = _check_ready(c, grid)
     if c.rope is not None:
-        raise ConversionError(
-            "the source uses 2-D RoPE in its attention, which timm's VisionTransformer cannot express (it has only "
-            "an additive pos_embed): convert to --target detectron2 or mmseg, whose project backbones apply RoPE"
-        )
+        return _write_timm_eva(c, (gh, gw))
     keep_regs = bool(c.num_registers) and not drop_registers
     out = _TargetState()
     out.put_patch_embed(c, "patch_embed.proj")

@@ -39,8 +39,23 @@ class RoPEVisionTransformer(VisionTransformer):
     """MMSeg's ``VisionTransformer`` (same arguments) with 2-D RoPE: ``rope_base``, ``rope_rule``, ``rope_coords``
     as recorded by the converter's meta (``meta["rope"]``)."""
 
-    def __init__(self, *args, rope_base: float = 10000.0, rope_rule: str = "axial", rope_coords: str = "grid", **kw):
+    def __init__(
+        self,
+        *args,
+        rope_base: float = 10000.0,
+        rope_rule: str = "axial",
+        rope_coords: str = "grid",
+        num_register_tokens: int = 0,
+        **kw,
+    ):
         super().__init__(*args, **kw)
+        if num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be >= 0, got {num_register_tokens}")
+        d = self.cls_token.shape[-1]
+        # register (DINOv3 storage) tokens after the CLS token, unrotated like it
+        self.reg_token = nn.Parameter(torch.zeros(1, num_register_tokens, d)) if num_register_tokens else None
+        if self.reg_token is not None:
+            nn.init.trunc_normal_(self.reg_token, std=0.02)
         if getattr(self, "out_origin", False):
             raise ValueError("RoPEVisionTransformer does not support out_origin=True")
         self.pos_embed = None  # registered as None: not in the state dict
@@ -59,25 +74,30 @@ class RoPEVisionTransformer(VisionTransformer):
         finally:
             self.pos_embed = None
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS (when kept) and register tokens before the patch tokens."""
+        return int(self.with_cls_token) + (0 if self.reg_token is None else self.reg_token.shape[1])
+
     def _feature(self, x: torch.Tensor, hw: tuple[int, int]):
-        out = x[:, 1:] if self.with_cls_token else x
+        out = x[:, self.num_prefix_tokens :]
         out = out.reshape(x.shape[0], hw[0], hw[1], x.shape[-1]).permute(0, 3, 1, 2).contiguous()
         return [out, x[:, 0]] if self.output_cls_token else out
 
     def forward(self, inputs: torch.Tensor):
         b = inputs.shape[0]
         x, hw = self.patch_embed(inputs)
-        x = self.drop_after_pos(torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1))
-        if not self.with_cls_token:
-            x = x[:, 1:]
+        prefix = [self.cls_token.expand(b, -1, -1)] if self.with_cls_token else []
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(b, -1, -1))
+        x = self.drop_after_pos(torch.cat(prefix + [x], dim=1))
         if self.pre_norm:
             x = self.pre_ln(x)
         coords = coords_for_grid(hw[0], hw[1], self.rope_coords, x.device)[None]
         angles = rope_angles(coords, self.rope_freqs)
-        prefix = 1 if self.with_cls_token else 0
         outs = []
         for i, layer in enumerate(self.layers):
-            x = rope_layer_forward(layer, x, angles, prefix)
+            x = rope_layer_forward(layer, x, angles, self.num_prefix_tokens)
             if i == len(self.layers) - 1 and self.final_norm:
                 x = self.norm1(x)
             if i in self.out_indices:

@@ -34,7 +34,8 @@ def dinov2_reference(flat, img, grid, with_cls, with_regs, final_norm):
     sd["patch_embed.proj.weight"] = resample_patch_embed(flat["patch_embed.proj.weight"], [16, 16])
     n = int((flat["pos_embed"].shape[1] - 1) ** 0.5)
     g = flat["pos_embed"][:, 1:].reshape(1, n, n, D).permute(0, 3, 1, 2)
-    pos = F.interpolate(g, size=grid, mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    # DINOv2's register models resize by size with antialias (hub: interpolate_antialias=True, offset 0)
+    pos = F.interpolate(g, size=grid, mode="bicubic", align_corners=False, antialias=True).flatten(2).transpose(1, 2)
     cls = flat["cls_token"] + flat["pos_embed"][:, :1] if with_cls else None
     regs = flat["register_tokens"] if with_regs else None
     fn = (flat["norm.weight"], flat["norm.bias"]) if final_norm else None
