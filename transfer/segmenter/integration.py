@@ -240,9 +240,10 @@ def apply_checkpoint_positions(backbone, meta: Mapping[str, Any]) -> None:
     if rope:
         backbone["type"] = "RoPEVisionTransformer"
         backbone.update(rope_base=float(rope["base"]), rope_rule=str(rope["rule"]), rope_coords=str(rope["coords"]))
+        backbone["num_register_tokens"] = int(meta.get("num_register_tokens", 0))  # DINOv3's storage tokens
         return
     backbone["type"] = "VisionTransformer"
-    for k in _ROPE_ARGS:
+    for k in _ROPE_ARGS + ("num_register_tokens",):
         backbone.pop(k, None)
 
 

@@ -22,11 +22,12 @@ optionally ``cls_token`` / ``reg_token``) and ``meta`` = ``{"embed_dim", "depth"
 from __future__ import annotations
 
 import logging
-import math
 import os
+from functools import partial
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
 from pretrain.io import atomic_torch_save
 from transfer.checkpoint_compat import labelled_problems
@@ -113,8 +114,6 @@ def read_backbone_arch(path: str) -> dict:
     gh, gw = a.grid
     if gh != gw:
         raise ValueError(f"{path}: position grid {gh}x{gw} is not square; detectron2's ViT needs a square grid")
-    if a.norm_eps is not None and not math.isclose(a.norm_eps, 1e-6, rel_tol=1e-3):
-        logger.warning("%s: meta norm_eps=%s but the ViTDet configs use LayerNorm(eps=1e-6)", path, a.norm_eps)
     if a.cls_token and not a.cls_slot and not a.rope:
         raise ValueError(f"{path}: has {BACKBONE_PREFIX}cls_token but {BACKBONE_PREFIX}pos_embed has no CLS slot")
     return {
@@ -129,6 +128,7 @@ def read_backbone_arch(path: str) -> dict:
         "mlp_ratio": a.mlp_ratio,
         "qkv_bias": a.qkv_bias,
         "grid": [gh, gw],
+        **({"norm_eps": a.norm_eps} if a.norm_eps is not None else {}),  # else the config's LayerNorm stays
         **_rope_args(a.rope),
     }
 
@@ -153,6 +153,8 @@ def apply_backbone_arch(cfg, arch: dict) -> None:
     for k in ARCH_KEYS:
         if arch.get(k) is not None:
             net[k] = arch[k]
+    if arch.get("norm_eps") is not None:  # e.g. DINOv3's 1e-5 where the configs default to 1e-6
+        net.norm_layer = partial(nn.LayerNorm, eps=float(arch["norm_eps"]))
 
 
 def check_backbone_arch(cfg, arch: dict, source: str = "the init checkpoint") -> None:
