@@ -71,6 +71,7 @@ def vitdet_tokens(path, ckpt: dict, img: torch.Tensor, norm: tuple) -> torch.Ten
 
     arch = read_backbone_arch(str(path))
     arch.pop("grid")
+    arch.pop("norm_eps", None)  # a LayerNorm argument, passed below
     base = {k: arch.pop(k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")}
     kw = plain_vit_kwargs(img_size=arch["pretrain_img_size"], norm_eps=ckpt["meta"]["norm_eps"], **base)
     kw.update(arch)
