@@ -93,8 +93,8 @@ def _check_request(src: str, dst: str, target: str, grid, patch_size: int, keep_
     if patch_size < 1:
         raise ConversionError(f"--patch-size must be positive, got {patch_size}")
     grid = check_grid(grid if grid else DEFAULT_GRIDS[target])
-    if keep_tokens and target != "detectron2":
-        raise ConversionError("--keep-tokens only applies to --target detectron2 (timm keeps tokens anyway)")
+    if keep_tokens and target == "timm":
+        raise ConversionError("--keep-tokens applies to --target detectron2 and mmseg (timm keeps tokens anyway)")
     check_destination(dst)
     return grid
 

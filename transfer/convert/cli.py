@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--keep-tokens",
         action="store_true",
-        help="detectron2: also write backbone.net.cls_token / reg_token (for the project's SDPA backbone)",
+        help="detectron2: also write backbone.net.cls_token / reg_token (for the project's SDPA backbone); mmseg: keep "
+        "registers (for the project's RegisterVisionTransformer)",
     )
     ap.add_argument("--no-check", action="store_true", help="skip the numeric parity check (not recommended)")
     ap.add_argument("--tol", type=float, default=1e-4, help="parity tolerance (x max(1, max|ref|)); default 1e-4")

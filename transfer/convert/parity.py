@@ -277,6 +277,11 @@ def build_mmseg(state: dict, meta: dict):
     if meta.get("rope"):
         vit_cls = _target_class("mmseg", "transfer.segmenter.rope_vit", "RoPEVisionTransformer", "mmsegmentation")
         extra = dict(_rope_kwargs(meta), num_register_tokens=int(meta.get("num_register_tokens", 0)))
+    elif meta.get("num_register_tokens"):
+        vit_cls = _target_class(
+            "mmseg", "transfer.segmenter.register_vit", "RegisterVisionTransformer", "mmsegmentation"
+        )
+        extra = dict(num_register_tokens=int(meta["num_register_tokens"]))
     else:
         vit_cls = _target_class("mmseg", "mmseg.models.backbones", "VisionTransformer", "mmsegmentation")
     gh, gw = meta["grid"]
@@ -355,7 +360,7 @@ def check_parity(
     gh, gw = meta["grid"]
     p = meta["patch_size"]
     with_cls, with_regs, final_norm = REFERENCE_MODE[target]
-    if target == "timm" or (target == "mmseg" and meta.get("rope")):
+    if target in ("timm", "mmseg"):
         with_regs = meta["num_register_tokens"] > 0
     if target == "detectron2" and _d2_tokens_kept(meta):  # the SDPA backbone with CLS / registers in the sequence
         with_cls, with_regs = bool(meta.get("cls_token_kept")), meta["num_register_tokens"] > 0

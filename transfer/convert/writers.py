@@ -172,11 +172,8 @@ def _registers_policy(c: CanonicalViT, target: str, keep: bool, drop_registers: 
     if keep:
         return True
     if not drop_registers:
-        hint = (
-            "pass --keep-tokens (project SDPA backbone) or --drop-registers"
-            if target == "detectron2"
-            else ("pass --drop-registers")
-        )
+        project = {"detectron2": "SDPA backbone", "mmseg": "RegisterVisionTransformer"}.get(target)
+        hint = f"pass --keep-tokens (project {project}) or --drop-registers" if project else "pass --drop-registers"
         raise ConversionError(
             f"the source has {c.num_registers} register tokens ({c.src('reg_token')!r}) but the {target} target "
             f"cannot use them: {hint} (dropping them changes the features: the check then compares with the source "
@@ -261,8 +258,10 @@ def _detectron2_tokens(c: CanonicalViT, out: _TargetState, keep_tokens: bool, ke
 def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens: bool = False, **_) -> WriteResult:
     """MMSeg ``VisionTransformer`` state dict (vit2mmseg names) inside ``{"state_dict", "meta"}``."""
     gh, gw = _check_ready(c, grid)
+    # registers: kept for the project's RoPE backbone (no stock alternative), else as --keep-tokens decides
+    keep_regs = bool(c.num_registers) and not drop_registers
     if c.rope is None:
-        _registers_policy(c, "mmseg", False, drop_registers)
+        keep_regs = _registers_policy(c, "mmseg", keep_tokens, drop_registers)
     out = _TargetState()
     out.put_patch_embed(c, "patch_embed.projection")
     d = c.arch.embed_dim
@@ -283,8 +282,7 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         out.put("norm.bias", "ln1.bias", c.state["norm.bias"])
     else:
         out.notes.append("the source has no final norm: meta final_norm=False")
-    keep_regs = bool(c.num_registers) and c.rope is not None and not drop_registers
-    if keep_regs:  # the project's RoPE backbone keeps registers in the sequence (DINOv3's storage tokens)
+    if keep_regs:  # the project's backbones keep them in the sequence after CLS (DINOv3's storage tokens)
         out.put("reg_token", "reg_token", c.reg_token)
     elif c.num_registers:
         out.dropped.append(("reg_token", "MMSeg VisionTransformer has no register tokens (--drop-registers)"))
@@ -300,9 +298,16 @@ def write_mmseg(c: CanonicalViT, grid, drop_registers: bool = False, keep_tokens
         final_norm=final_norm,
         patch_bias=True,
         interpolate_mode="bicubic",
-        backbone_type="VisionTransformer" if c.rope is None else "RoPEVisionTransformer",
+        backbone_type=mmseg_backbone_type(c.rope is not None, keep_regs),
     )
     return out.result("state_dict", meta)
+
+
+def mmseg_backbone_type(rope: bool, registers: bool) -> str:
+    """The MMSeg backbone a converted file needs: the project's RoPE or register ViT, else MMSeg's own."""
+    if rope:
+        return "RoPEVisionTransformer"
+    return "RegisterVisionTransformer" if registers else "VisionTransformer"
 
 
 def timm_kwargs(c: CanonicalViT, grid, keep_regs: bool) -> dict:

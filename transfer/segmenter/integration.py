@@ -34,14 +34,14 @@ from transfer.checkpoint_compat import allow_framework_checkpoint_globals, label
 from transfer.convert.canonical import ConversionError
 from transfer.convert.metadata import read_architecture
 
-try:  # registers RoPEVisionTransformer in MMSeg's MODELS (configs import this module through custom_imports)
-    from transfer.segmenter import rope_vit  # noqa: F401
+try:  # registers the project's MMSeg backbones (configs import this module through custom_imports)
+    from transfer.segmenter import register_vit, rope_vit  # noqa: F401
 except ImportError:  # pragma: no cover - mmseg missing: the pure functions below still work
-    rope_vit = None
+    rope_vit = register_vit = None
 
 _SETUP_DONE = False
-#: Backbone types a converted checkpoint can go into: MMSeg's ViT, and the same with 2-D RoPE.
-BACKBONE_TYPES = ("VisionTransformer", "RoPEVisionTransformer")
+#: Backbone types a converted checkpoint can go into: MMSeg's ViT, and the project's with 2-D RoPE or registers.
+BACKBONE_TYPES = ("VisionTransformer", "RoPEVisionTransformer", "RegisterVisionTransformer")
 _ROPE_ARGS = ("rope_base", "rope_rule", "rope_coords")
 
 
@@ -242,9 +242,12 @@ def apply_checkpoint_positions(backbone, meta: Mapping[str, Any]) -> None:
         backbone.update(rope_base=float(rope["base"]), rope_rule=str(rope["rule"]), rope_coords=str(rope["coords"]))
         backbone["num_register_tokens"] = int(meta.get("num_register_tokens", 0))  # DINOv3's storage tokens
         return
-    backbone["type"] = "VisionTransformer"
     for k in _ROPE_ARGS + ("num_register_tokens",):
         backbone.pop(k, None)
+    registers = int(meta.get("num_register_tokens") or 0)
+    backbone["type"] = "RegisterVisionTransformer" if registers else "VisionTransformer"
+    if registers:  # DINOv2-reg / timm registers kept by the converter (--keep-tokens)
+        backbone["num_register_tokens"] = registers
 
 
 def _check_structural_flags(backbone, arch: dict) -> None:

@@ -1,7 +1,7 @@
 """Converted checkpoints reproduce the OFFICIAL models' final-normed patch tokens (fixtures made once from the
 official code by tools/make_reference_fixtures.py) to 1e-4, at three input sizes (one the stored grid), in timm,
 in the project's ViTDet backbone (SDPAViT, tokens kept; its output final-normed with the source's norm) and in
-MMSeg."""
+MMSeg (registers kept in the project's RegisterVisionTransformer)."""
 
 from __future__ import annotations
 
@@ -86,11 +86,14 @@ def vitdet_tokens(path, ckpt: dict, img: torch.Tensor, norm: tuple) -> torch.Ten
 def mmseg_tokens(ckpt: dict, img: torch.Tensor) -> torch.Tensor:
     from mmseg.models.backbones import VisionTransformer
 
+    from transfer.segmenter.register_vit import RegisterVisionTransformer
     from transfer.segmenter.rope_vit import RoPEVisionTransformer
 
     meta = ckpt["meta"]
     extra, cls = {}, VisionTransformer
-    if meta.get("rope"):
+    if meta["num_register_tokens"] and not meta.get("rope"):
+        cls, extra = RegisterVisionTransformer, dict(num_register_tokens=meta["num_register_tokens"])
+    elif meta.get("rope"):
         r = meta["rope"]
         cls = RoPEVisionTransformer
         extra = dict(rope_base=r["base"], rope_rule=r["rule"], rope_coords=r["coords"],
@@ -137,21 +140,22 @@ def test_vitdet_backbone_reproduces_official(sources, tmp_path, name, key):
     _check(vitdet_tokens(tmp_path / "detectron2.pth", ckpt, fx["images"][key], _final_norm(fx)), fx["tokens"][key])
 
 
-MMSEG_CASES = [(n, k) for n, k in CASES if n not in ("dinov2_reg", "timm_reg")]  # MMSeg's ViT has no registers
-
-
-@pytest.mark.parametrize("name,key", MMSEG_CASES)
+@pytest.mark.parametrize("name,key", CASES)
 def test_mmseg_reproduces_official(sources, tmp_path, name, key):
+    """Registers (DINOv2-reg, timm) stay in the sequence with --keep-tokens: the project's
+    RegisterVisionTransformer; DINOv3's storage tokens in the RoPE backbone."""
     path, fx = sources[name]
     patch, fmt = SOURCES[name]
     h, w = parse_size(key)
-    ckpt, _ = _convert(tmp_path, path, "mmseg", (h // patch, w // patch), patch, src_format=fmt)
+    ckpt, _ = _convert(tmp_path, path, "mmseg", (h // patch, w // patch), patch, src_format=fmt, keep_tokens=True)
+    assert ckpt["meta"]["backbone_type"] == {"dinov2_reg": "RegisterVisionTransformer", "timm_reg": (
+        "RegisterVisionTransformer"), "dinov3": "RoPEVisionTransformer"}.get(name, "VisionTransformer")  # fmt: skip
     _check(mmseg_tokens(ckpt, fx["images"][key]), fx["tokens"][key])
 
 
-def test_register_sources_refused_by_stock_mmseg(sources, tmp_path):
+def test_registers_for_mmseg_need_a_choice(sources, tmp_path):
     path, _ = sources["dinov2_reg"]
-    with pytest.raises(ConversionError, match="register tokens"):
+    with pytest.raises(ConversionError, match="--keep-tokens .*RegisterVisionTransformer.* or --drop-registers"):
         _convert(tmp_path, path, "mmseg", (4, 4), 14)
 
 

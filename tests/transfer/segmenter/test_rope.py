@@ -56,3 +56,14 @@ def test_a_plain_checkpoint_switches_the_backbone_back_to_mmsegs_vit():
     b = dict(type="RoPEVisionTransformer", rope_base=100.0, rope_rule="dinov3", rope_coords="normalized")
     integration.apply_checkpoint_positions(b, {"grid": [4, 4]})
     assert b == {"type": "VisionTransformer"}
+
+
+def test_the_backbone_type_follows_the_checkpoints_tokens_and_positions():
+    b = dict(type="VisionTransformer")
+    integration.apply_checkpoint_positions(b, {"grid": [4, 4], "num_register_tokens": 4})
+    assert b == {"type": "RegisterVisionTransformer", "num_register_tokens": 4}
+    rope = {"base": 100.0, "rule": "dinov3", "coords": "normalized"}
+    integration.apply_checkpoint_positions(b, {"grid": [4, 4], "num_register_tokens": 4, "rope": rope})
+    assert b["type"] == "RoPEVisionTransformer" and b["num_register_tokens"] == 4 and b["rope_rule"] == "dinov3"
+    integration.apply_checkpoint_positions(b, {"grid": [4, 4], "num_register_tokens": 0})
+    assert b == {"type": "VisionTransformer"}
