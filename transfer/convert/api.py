@@ -11,9 +11,11 @@ output file is written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from .canonical import CanonicalViT, ConversionError, fold_layerscale, pos_source_desc, resample_patch_size
+from .hf_layouts import is_hf_source, read_hf
 from .parity import ParityResult, check_parity
 from .preflight import check_destination, check_grid, check_parity_memory
 from .readers import ReadOptions, load_file, read_checkpoint
@@ -55,12 +57,10 @@ def convert_checkpoint(
     """
     src, dst = os.fspath(src), os.fspath(dst)
     grid = _check_request(src, dst, target, grid, patch_size, keep_tokens)
-    obj = load_file(src, unsafe_load=unsafe_load)
-    c, _ = read_checkpoint(
-        obj,
-        ReadOptions(src_format=src_format, num_heads=num_heads, norm_eps=norm_eps, pos_interpolation=pos_interpolation),
+    opts = ReadOptions(
+        src_format=src_format, num_heads=num_heads, norm_eps=norm_eps, pos_interpolation=pos_interpolation
     )
-    del obj
+    c = read_source(src, opts, unsafe_load)
     n_params = c.num_params()
     if not no_check:
         extra = 1 + c.num_registers  # at most a CLS and the registers ride along in the parity forward
@@ -73,7 +73,7 @@ def convert_checkpoint(
         parity = check_parity(target, c, res.state, res.meta, tol=tol)
         if not parity.ok:
             raise ConversionError(f"numeric check failed: {parity.describe()}; nothing written")
-    res.meta["source_file"] = os.path.basename(src)
+    res.meta["source_file"] = os.path.basename(os.path.normpath(src))
 
     from pretrain.io import atomic_torch_save
 
@@ -82,6 +82,35 @@ def convert_checkpoint(
     if not quiet:
         print_summary(summary)
     return summary
+
+
+def read_source(src: str, opts: ReadOptions, unsafe_load: bool = False) -> CanonicalViT:
+    """Any source -> canonical model: a Hugging Face directory / ``.safetensors`` file is first renamed into its
+    official layout (:mod:`.hf_layouts`, with its config's heads, eps and position rule), then read like a file."""
+    hf = None
+    if is_hf_source(src):
+        obj, fmt, hf = read_hf(src, opts.num_heads)
+        if hf:
+            opts = dataclasses.replace(
+                opts,
+                src_format=fmt,
+                num_heads=hf["num_heads"],
+                norm_eps=hf["norm_eps"] if opts.norm_eps is None else opts.norm_eps,
+                pos_interpolation=(hf["pos_interpolation"] or "auto")
+                if opts.pos_interpolation == "auto"
+                else opts.pos_interpolation,
+            )
+    else:
+        obj = load_file(src, unsafe_load=unsafe_load)
+    c, _ = read_checkpoint(obj, opts)
+    if hf:
+        c.notes = [n.replace("from --num-heads", "from config.json").replace("from --pos-interpolation", (
+            "the Hugging Face model's own")) for n in c.notes]  # fmt: skip
+        c.notes[:0] = [f"Hugging Face {hf['model_type']} read as {c.source_format}"] + list(hf["notes"])
+        c.dropped[:0] = list(hf["dropped"])
+        if hf.get("mean") and hf.get("std"):
+            c.mean, c.std = list(hf["mean"]), list(hf["std"])
+    return c
 
 
 def _check_request(src: str, dst: str, target: str, grid, patch_size: int, keep_tokens: bool) -> tuple[int, int]:

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a ViT checkpoint (ours, DINOv2, timm, MAE/iBOT/DINO) for detectron2, MMSeg or timm, "
         "checking the result numerically before writing it.",
     )
-    ap.add_argument("--src", required=True, help="source checkpoint file")
+    ap.add_argument(
+        "--src", required=True, help="source checkpoint file, Hugging Face model directory or .safetensors file"
+    )
     ap.add_argument("--dst", required=True, help="output file (written atomically, only if every check passes)")
     ap.add_argument("--target", required=True, choices=TARGETS)
     ap.add_argument(
