@@ -20,6 +20,7 @@ Sources and the semantics their official code gives them at other input sizes:
 - ``dinov2`` / ``dinov2_chunks``: ``DinoVisionTransformer`` (patch 14, LayerScale, ``block_chunks`` 0 / 2),
   the hub's ``interpolate_offset=0.1``, no antialias; ``dinov2_reg``: 4 registers, the hub's register models'
   ``interpolate_antialias=True, interpolate_offset=0``;
+- ``dinov2_pico``: ``dinov2`` at the width of our ``vit_pico`` (64), for ``model.init_from``;
 - ``dinov3``: DINOv3's ``DinoVisionTransformer`` as ``dinov3_vits16`` builds it (RoPE base 100, coordinates
   normalised per axis, 4 storage tokens, LayerScale, masked k bias, LayerNorm eps 1e-5), in eval mode;
 - ``mae``: ``MaskedAutoencoderViT`` run with ``mask_ratio=0`` and its token shuffle undone; other sizes load the
@@ -100,12 +101,14 @@ def generator_info(**extra) -> dict:
 # DINOv2
 
 
-def dinov2_fixture(root: str, name: str, block_chunks: int, registers: int, antialias: bool, offset: float) -> dict:
+def dinov2_fixture(
+    root: str, name: str, block_chunks: int, registers: int, antialias: bool, offset: float, embed: int = EMBED
+) -> dict:
     with on_path(root):
         from dinov2.models.vision_transformer import DinoVisionTransformer
 
         model = DinoVisionTransformer(
-            img_size=98, patch_size=14, embed_dim=EMBED, depth=DEPTH, num_heads=HEADS, mlp_ratio=4.0,
+            img_size=98, patch_size=14, embed_dim=embed, depth=DEPTH, num_heads=HEADS, mlp_ratio=4.0,
             init_values=1.0, block_chunks=block_chunks, num_register_tokens=registers,
             interpolate_antialias=antialias, interpolate_offset=offset,
         ).eval()  # fmt: skip
@@ -114,7 +117,7 @@ def dinov2_fixture(root: str, name: str, block_chunks: int, registers: int, anti
     with torch.no_grad():
         tokens = {k: model.forward_features(x)["x_norm_patchtokens"] for k, x in imgs.items()}
     config = {
-        "family": "dinov2", "img_size": 98, "patch_size": 14, "embed_dim": EMBED, "depth": DEPTH,
+        "family": "dinov2", "img_size": 98, "patch_size": 14, "embed_dim": embed, "depth": DEPTH,
         "num_heads": HEADS, "block_chunks": block_chunks, "num_register_tokens": registers,
         "interpolate_antialias": antialias, "interpolate_offset": offset, "norm_eps": 1e-6,
     }  # fmt: skip
@@ -249,6 +252,8 @@ def main(argv=None) -> int:
         made["dinov2"] = dinov2_fixture(args.dinov2, "dinov2", 0, 0, False, 0.1)
         made["dinov2_chunks"] = dinov2_fixture(args.dinov2, "dinov2_chunks", 2, 0, False, 0.1)
         made["dinov2_reg"] = dinov2_fixture(args.dinov2, "dinov2_reg", 0, 4, True, 0.0)
+        # the size of our vit_pico (64 wide, 2 blocks, 2 heads), for continued pretraining (model.init_from)
+        made["dinov2_pico"] = dinov2_fixture(args.dinov2, "dinov2_pico", 0, 0, False, 0.1, embed=64)
     if args.dinov3:
         made["dinov3"] = dinov3_fixture(args.dinov3)
     if args.mae:

@@ -42,6 +42,12 @@ class ModelConfig:
         "(n + 0.1) / M as DINOv2's code, size = bicubic to the target size",
         ("dinov2", "size"),
     )
+    init_from: str = opt(
+        "",
+        "continued pretraining: a checkpoint tools/convert_ckpt.py reads (ours, DINOv2, DINOv3, timm, MAE...) that "
+        "student and teacher backbones start from (patch kernel resampled, the field from its pos_embed); heads "
+        "start fresh; empty = random init",
+    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ..export import export_backbone
 from ..methods import PretrainingMethod, build_method, method_class
 from .checkpoint import latest_checkpoint, remove_stale_temporaries, save_checkpoint, set_rng_state
 from .config import ConfigError, config_hash, load_config, to_container
+from .init_from import init_backbones_from
 from .metrics import MetricWriter, format_seconds
 from .optim import apply_schedules, build_optimizer, clip_gradients
 from .resume import ResumeError, check_resume_config, read_newest_checkpoint
@@ -276,6 +277,9 @@ def prepare_run(cfg, device: torch.device) -> Run:
     model = build_method(cfg).to(device)
     optimizer = build_optimizer(model.trainable_modules(), cfg)
     start, changes = _resume(cfg, model, optimizer, device)
+    if start == 0 and cfg.model.get("init_from"):
+        for line in init_backbones_from(model, str(cfg.model.init_from)):
+            logger.info(line)
     if du.is_main():
         _save_config(cfg, start, changes)
     ddp_model = model
