@@ -43,3 +43,20 @@ def plain_vit_kwargs(
         pretrain_img_size=img_size if pretrain_img_size is None else pretrain_img_size,
         pretrain_use_cls_token=True,
     )
+
+
+def dinov3_backbone_kwargs(num_storage_tokens: int = 4, rope_base: float = 100.0, norm_eps: float = 1e-5) -> dict:
+    """The ``SDPAViT`` arguments that make a plain ViT run as a DINOv3 release does (docs/protocols.md §1,
+    "DINOv3"): 2-D RoPE (rule ``dinov3``, coordinates normalised per axis) instead of ``pos_embed``, the CLS and
+    storage tokens kept in the sequence, LayerNorm eps 1e-5."""
+    return dict(
+        use_abs_pos=False,
+        pretrain_use_cls_token=False,
+        use_rope=True,
+        rope_base=float(rope_base),
+        rope_rule="dinov3",
+        rope_coords="normalized",
+        use_cls_token=True,
+        num_register_tokens=int(num_storage_tokens),
+        norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+    )
