@@ -2,6 +2,7 @@
 """Pretraining step cost: ours vs DINOv2-dagger, framework overhead, FLOPs. Ratios measured in one run.
 
     python benchmarks/pretrain_step.py [--sizes tiny,vits16[,vitb16]] [--batch 2] [--steps 8] [--device auto]
+                                       [--memory subprocess|inprocess] [--peak-tflops T] [--json OUT.json]
 
 Variants, all built from the same code and fed the same collated batch:
 - ``ours``: position field + content/position masking (50/50 over all global crops), three heads;
@@ -21,6 +22,11 @@ and attention; elementwise work is not counted), so ``time ratio / FLOP ratio`` 
 step relative to the bare one, i.e. the framework overhead proper. Peak memory: each variant in a fresh
 subprocess (CUDA: ``max_memory_allocated``; CPU: peak RSS growth over the RSS before the first step). The
 backbone's FLOPs per image come from fvcore (one multiply-add = 2 FLOPs, ``scaled_dot_product_attention`` included).
+``--memory inprocess`` (CUDA only, the GPU suite's choice): each variant's peak in the timing process, as
+``max_memory_allocated`` during one step minus the memory allocated before it, so the other variants' weights do
+not count. Images/s is the batch over the median step; MFU is counted FLOPs per second over ``--peak-tflops``
+(default: the dense bf16 peak of the GPU when its name is known, e.g. 989 TFLOP/s for H100 / H200 SXM; precision
+bf16 on CUDA, ``train.precision=auto``).
 """
 
 from __future__ import annotations
@@ -157,7 +163,32 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_variants(size: str, batch: int, steps: int, device_name: str) -> dict:
+def _cuda_step_peak(step, device) -> int:
+    """Bytes one step allocates at its peak beyond what was allocated before it (CUDA)."""
+    import torch
+
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    _sync(device)
+    return max(torch.cuda.max_memory_allocated(device) - base, 0)
+
+
+#: Dense bf16 peak TFLOP/s by GPU name (vendor data sheets), for MFU.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    import torch
+
+    if not (device_name in ("auto", "cuda") or device_name.startswith("cuda")) or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def time_variants(size: str, batch: int, steps: int, device_name: str, inprocess_memory: bool = False) -> dict:
     """All variants in this process, steps interleaved round by round. Median seconds, FLOPs per step."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -171,6 +202,9 @@ def time_variants(size: str, batch: int, steps: int, device_name: str) -> dict:
             steps_fn[v]()
         out[v] = {"masked_tokens": masked, "flops": float(counter.get_total_flops()), "times": []}
     names = list(VARIANTS)
+    if device.type == "cuda" and inprocess_memory:
+        for v in names:
+            out[v]["peak_bytes"] = _cuda_step_peak(steps_fn[v], device)
     for r in range(steps):
         for v in names[r % len(names) :] + names[: r % len(names)]:
             _sync(device)
@@ -233,11 +267,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--memory", choices=("subprocess", "inprocess"), default="subprocess")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: known GPUs' bf16 peak)")
+    parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--timing-child", metavar="SIZE", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=2, metavar=("SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.timing_child:
-        print(json.dumps(time_variants(args.timing_child, args.batch, args.steps, args.device)))
+        inprocess = args.memory == "inprocess"
+        print(json.dumps(time_variants(args.timing_child, args.batch, args.steps, args.device, inprocess)))
         return 0
     if args.memory_child:
         print(json.dumps(peak_memory(*args.memory_child, args.batch, args.steps, args.device)))
@@ -249,51 +287,74 @@ def main() -> int:
 
     from pretrain.engine.config import load_config
 
+    inprocess = args.memory == "inprocess"
+    peak = args.peak_tflops or peak_tflops(args.device)
+    memory_how = "in the timing process (CUDA)" if inprocess else f"over {args.memory_steps} steps in a fresh process"
     print(
         f"torch {torch.__version__}, device {args.device}, cuda available: {torch.cuda.is_available()}, "
         f"threads {torch.get_num_threads()}, batch {args.batch} images per step, median of {args.steps} "
-        f"interleaved steps; memory over {args.memory_steps} steps in a fresh process per variant"
+        f"interleaved steps; memory {memory_how} per variant; MFU against "
+        + (f"{peak:g} TFLOP/s" if peak else "no known peak (pass --peak-tflops)")
     )
+    results = {}
     for size in args.sizes.split(","):
         t0 = time.perf_counter()
-        timing = _child(args.batch, args.steps, args.device, "--timing-child", size)
-        mem = {
-            v: _child(args.batch, args.memory_steps, args.device, "--memory-child", size, v)["peak_bytes"]
-            for v in VARIANTS
-        }
+        timing = _child(args.batch, args.steps, args.device, "--timing-child", size, "--memory", args.memory)
         res = timing["variants"]
-        print(f"\n[{size}] on {timing['device']} ({time.perf_counter() - t0:.0f} s)")
-        print(
-            f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'GFLOP/step':>11s} "
-            f"{'GFLOP/s':>8s} {'peak MiB':>9s}"
-        )
+        if inprocess:
+            mem = {v: res[v].get("peak_bytes", 0) for v in VARIANTS}
+        else:
+            mem = {
+                v: _child(args.batch, args.memory_steps, args.device, "--memory-child", size, v)["peak_bytes"]
+                for v in VARIANTS
+            }
         for v, r in res.items():
-            print(
-                f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
-                f"{r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mem[v] / 2**20:9.1f}"
-            )
-        o, b = res["ours"], res["bare"]
-
-        def paired(ref, o=o, res=res):
-            med, q1, q3 = paired_ratio(o["times"], res[ref]["times"])
-            return f"(per round: median {med:.3f}x, quartiles {q1:.3f}-{q3:.3f}x)"
-
-        for ref in ("dinov2", "dinov2_allmask"):
-            d = res[ref]
-            t_ratio, f_ratio = o["step_s"] / d["step_s"], o["flops"] / d["flops"]
-            print(
-                f"ours/{ref}: time {t_ratio:.3f}x {paired(ref)}, FLOPs {f_ratio:.3f}x, time per FLOP "
-                f"{t_ratio / f_ratio:.3f}x, memory {mem['ours'] / max(mem[ref], 1):.3f}x"
-            )
-        t_ratio, f_ratio = o["step_s"] / b["step_s"], o["flops"] / b["flops"]
-        print(
-            f"full step/bare fwd+bwd: time {t_ratio:.3f}x {paired('bare')}, FLOPs {f_ratio:.3f}x, "
-            f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x"
-        )
+            r["peak_bytes"], r["images_per_s"] = mem[v], args.batch / r["step_s"]
+            r["mfu"] = r["flops"] / r["step_s"] / (peak * 1e12) if peak else None
         cfg = load_config(SIZES[size], ["train.data=unused"])
-        flops = backbone_flops(cfg)
-        print(f"backbone (fvcore): {flops / 1e9:.2f} GFLOPs per {cfg.crops.global_size} px image (forward)")
+        timing["backbone_gflops"] = backbone_flops(cfg) / 1e9
+        results[size] = timing
+        report_size(size, timing, time.perf_counter() - t0, cfg.crops.global_size)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "steps": args.steps, "peak_tflops": peak, "sizes": results}, f, indent=1)
     return 0
+
+
+def report_size(size: str, timing: dict, seconds: float, global_size: int) -> None:
+    """The table and the ratios of one model size."""
+    res = timing["variants"]
+    print(f"\n[{size}] on {timing['device']} ({seconds:.0f} s)")
+    print(
+        f"{'variant':15s} {'masked tok':>10s} {'step (s)':>9s} {'min-max (s)':>13s} {'img/s':>8s} {'GFLOP/step':>11s} "
+        f"{'GFLOP/s':>8s} {'MFU':>6s} {'peak MiB':>9s}"
+    )
+    for v, r in res.items():
+        mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
+        print(
+            f"{v:15s} {r['masked_tokens']:10d} {r['step_s']:9.3f} {r['spread'][0]:6.3f}-{r['spread'][1]:6.3f} "
+            f"{r['images_per_s']:8.1f} {r['flops'] / 1e9:11.2f} {r['flops'] / r['step_s'] / 1e9:8.1f} {mfu} "
+            f"{r['peak_bytes'] / 2**20:9.1f}"
+        )
+    o, b = res["ours"], res["bare"]
+
+    def paired(ref):
+        med, q1, q3 = paired_ratio(o["times"], res[ref]["times"])
+        return f"(per round: median {med:.3f}x, quartiles {q1:.3f}-{q3:.3f}x)"
+
+    for ref in ("dinov2", "dinov2_allmask"):
+        d = res[ref]
+        t_ratio, f_ratio = o["step_s"] / d["step_s"], o["flops"] / d["flops"]
+        print(
+            f"ours/{ref}: time {t_ratio:.3f}x {paired(ref)}, FLOPs {f_ratio:.3f}x, time per FLOP "
+            f"{t_ratio / f_ratio:.3f}x, memory {o['peak_bytes'] / max(d['peak_bytes'], 1):.3f}x"
+        )
+    t_ratio, f_ratio = o["step_s"] / b["step_s"], o["flops"] / b["flops"]
+    print(
+        f"full step/bare fwd+bwd: time {t_ratio:.3f}x {paired('bare')}, FLOPs {f_ratio:.3f}x, "
+        f"time per FLOP (framework overhead) {t_ratio / f_ratio:.3f}x"
+    )
+    print(f"backbone (fvcore): {timing['backbone_gflops']:.2f} GFLOPs per {global_size} px image (forward)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from pretrain.data.masking import BoxMaskGenerator, CrossMaskGenerator, check_grid_size
+from pretrain.data.photometric import NUM_COLUMNS
 from pretrain.seeding import mix_seeds
 
 __all__ = ["MASK_SHAPES", "MaskingCollator", "stratified_mask_counts"]
@@ -56,6 +57,14 @@ def stratified_mask_counts(
     return [min(hi, max(lo, int(num_patches * r))) for r in ratios.tolist()]
 
 
+def _stack_crops(crops: list[torch.Tensor]) -> torch.Tensor:
+    """``(n, 3, H, W)`` of ``n`` crops. uint8 crops (``photometric_on="device"``) are stacked channels-last: the
+    workers' crops are ``(3, H, W)`` views of ``(H, W, 3)`` images, so this is one plain copy per crop."""
+    if crops[0].dtype == torch.uint8:
+        return torch.stack([c.permute(1, 2, 0) for c in crops]).permute(0, 3, 1, 2)
+    return torch.stack(crops)
+
+
 def _make_generator(shape: str, grid_size: tuple[int, int]):
     if shape == "box":
         return BoxMaskGenerator(grid_size)
@@ -78,7 +87,9 @@ class MaskingCollator:
     Output dict: ``global_crops`` ``(n_global*B, 3, H, W)``, ``local_crops`` ``(n_local*B, 3, h, w)``
     (``(0, 3, 0, 0)`` without local crops), ``global_boxes`` ``(n_global*B, 4)``, ``global_flips``
     ``(n_global*B,)`` bool, ``local_boxes``, ``local_flips``, ``content_masks`` / ``pos_masks``
-    ``(n_global*B, N)`` bool (row-major patches), ``n_global``, ``n_local`` ints.
+    ``(n_global*B, N)`` bool (row-major patches), ``n_global``, ``n_local`` ints. Samples with photometric
+    parameters (``photometric_on="device"``: uint8 crops) add ``global_photometric`` / ``local_photometric``
+    ``(n*B, NUM_COLUMNS)``, stacked crop-major like the crops.
     """
 
     def __init__(
@@ -151,9 +162,9 @@ class MaskingCollator:
                     f"sample 0 has {n_global} / {n_local}"
                 )
         batch = len(samples)
-        global_crops = torch.stack([s["global_crops"][c] for c in range(n_global) for s in samples])
+        global_crops = _stack_crops([s["global_crops"][c] for c in range(n_global) for s in samples])
         if n_local:
-            local_crops = torch.stack([s["local_crops"][c] for c in range(n_local) for s in samples])
+            local_crops = _stack_crops([s["local_crops"][c] for c in range(n_local) for s in samples])
         else:
             local_crops = global_crops.new_zeros((0, 3, 0, 0))
 
@@ -185,4 +196,7 @@ class MaskingCollator:
             "n_global": n_global,
             "n_local": n_local,
         }
+        if "global_photometric" in samples[0]:  # photometric_on="device": the crops' parameters, crop-major
+            out["global_photometric"] = crop_major("global_photometric", n_global, (NUM_COLUMNS,), torch.float32)
+            out["local_photometric"] = crop_major("local_photometric", n_local, (NUM_COLUMNS,), torch.float32)
         return out

@@ -45,8 +45,9 @@ class SSLDataset(Dataset):
         max_attempts: strided substitution attempts for an unreadable image before the linear scan.
 
     ``__getitem__(index)`` returns ``{"global_crops", "local_crops", "global_boxes", "global_flips",
-    "local_boxes", "local_flips", "index", "seed", "pos_info", "source_index"}``; boxes are in virtual-image
-    coordinates (after the position/scale augmentation).
+    "local_boxes", "local_flips", "index", "seed", "pos_info", "source_index"}`` (and the crops' photometric
+    parameters with ``photometric_on="device"``); boxes are in virtual-image coordinates (after the position/scale
+    augmentation).
     """
 
     def __init__(
@@ -96,16 +97,32 @@ class SSLDataset(Dataset):
         for offset in range(1, n):
             yield (index + offset) % n
 
-    def _load(self, index: int):
-        img = self.images.load(index)
+    def _load(self, index: int, draft=None):
+        img = self.images.load(index, draft)
         if img is not None:
             return img, index
         for candidate in self._candidates(index):
-            img = self.images.load(candidate)
+            img = self.images.load(candidate, draft)
             if img is not None:
                 self.num_substitutions += 1
                 return img, candidate
         raise RuntimeError(f"none of the {len(self.images)} images of {self.images.source!r} can be read")
+
+    def _crops(self, index: int):
+        """``(crops, source index)``. A multi-crop that plans before decoding (``photometric_on="device"``) draws its
+        boxes from the header's size and may have the image decoded smaller (:meth:`MultiCropAugmentation.plan`);
+        a substituted image is planned anew."""
+        if getattr(self.multicrop, "photometric_on", "worker") != "device":
+            img, source_index = self._load(index)
+            return self.multicrop(img), source_index
+        plans = []
+
+        def draft(size):
+            plans.append(self.multicrop.plan(size))
+            return self.multicrop.draft_scale(plans[-1])
+
+        img, source_index = self._load(index, draft)
+        return self.multicrop.render(img, plans[-1]), source_index
 
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
@@ -119,8 +136,7 @@ class SSLDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)
                 random.seed(seed)
-                img, source_index = self._load(index)
-                crops = self.multicrop(img)
+                crops, source_index = self._crops(index)
         finally:
             random.setstate(py_state)
         generator = torch.Generator().manual_seed(mix_seeds(seed, _POSITION_SALT))
@@ -136,4 +152,5 @@ class SSLDataset(Dataset):
             "seed": seed,
             "pos_info": info,
             "source_index": source_index,
+            **{k: crops[k] for k in ("global_photometric", "local_photometric") if k in crops},
         }

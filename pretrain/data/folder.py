@@ -46,6 +46,15 @@ def _gray_to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
 
 
+def _apply_draft(im: Image.Image, scale: int) -> None:
+    """Ask the JPEG decoder of the unopened ``im`` for its ``1/scale`` reduction (DCT scaling); no-op otherwise."""
+    if scale not in (1, 2, 4, 8):
+        raise ValueError(f"a reduced decode is 1/1, 1/2, 1/4 or 1/8, got 1/{scale}")
+    if scale > 1 and im.format == "JPEG":
+        width, height = im.size
+        im.draft(im.mode, (width // scale, height // scale))  # same mode: only the size changes
+
+
 def _read_header(path: str) -> Image.Image:
     """The image at ``path`` opened lazily: PIL reads the header (format, size, mode), no pixel data."""
     im = Image.open(path)
@@ -156,24 +165,30 @@ class ImageFolderDataset:
         logger.warning("skipping unreadable image %s (%s: %s)", self.paths[index], type(error).__name__, error)
 
     @staticmethod
-    def _open(path: str) -> Image.Image:
+    def _open(path: str, draft=None) -> Image.Image:
         with Image.open(path) as im:
+            if draft is not None:
+                _apply_draft(im, draft(im.size))
             im.load()  # full decode: raises on truncated data
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             if im.mode in _WIDE_GRAY_MODES:
                 im = _gray_to_8bit(im)
-            return im.convert("RGB")
+            return im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of an RGB image is a copy
 
-    def load(self, index: int) -> Image.Image | None:
-        """The image at ``index`` as RGB, or ``None`` if it cannot be read (recorded in ``skipped_paths``)."""
+    def load(self, index: int, draft=None) -> Image.Image | None:
+        """The image at ``index`` as RGB, or ``None`` if it cannot be read (recorded in ``skipped_paths``).
+
+        ``draft``: a callable ``(width, height) -> s`` called with the header's size before decoding; a JPEG is then
+        decoded at ``1/s`` (``s`` in 1, 2, 4, 8: ``ceil(width / s)`` x ``ceil(height / s)``, PIL's ``draft``), any
+        other format at full size."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         index = index % len(self)
         if index in self._bad:
             return None
         try:
-            return self._open(self.paths[index])
+            return self._open(self.paths[index], draft)
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip this file"
             self._mark_bad(index, error)
             return None

@@ -14,12 +14,23 @@ Global crops after the second one get the global-crop-2 recipe.
 
 All randomness comes from torch's global RNG (torchvision's transforms draw from it); ``SSLDataset`` seeds it
 per sample inside a forked RNG scope, so a sample is reproducible from ``(seed, epoch, index)``.
+
+``photometric_on="device"`` (``crops.photometric_on``, docs/fidelity.md): the worker draws every crop's box and flip
+first (:meth:`MultiCropAugmentation.plan`, in the order the photometric-free worker path draws them), then every
+crop's photometric parameters (:func:`pretrain.data.photometric.draw_params`, same distributions), and returns the
+crops as uint8 ``(3, S, S)`` tensors with the parameters in ``global_photometric`` / ``local_photometric``; the
+training loop applies them batched on its device and normalises (:mod:`pretrain.data.device_stage`). Because the
+boxes are drawn before any pixel is needed, the image may be decoded at a reduced size
+(:meth:`MultiCropAugmentation.draft_scale`, PIL's JPEG ``draft``) when every crop is downscaled by at least 2x:
+the boxes stay those drawn on the original size, mapped onto the smaller decode (:meth:`render`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms
@@ -27,11 +38,28 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .photometric import COLOR_JITTER, NUM_COLUMNS, draw_params
 
 #: Aspect-ratio range of the random resized crops (torchvision's and DINOv2's default).
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CROP_RATIO", "DINOV2_CODE_BLUR_PROB", "MultiCropAugmentation"]
+#: Taps of the Gaussian blur kernel (DINOv2's ``GaussianBlur``), on both paths.
+BLUR_KERNEL = 9
+#: Where the photometric augmentation runs (``crops.photometric_on``).
+PHOTOMETRIC_ON = ("worker", "device")
+#: Solarisation probability of global crops 2, 3, ... (crop 1 and local crops: 0).
+SOLARIZE_PROB = 0.2
+
+__all__ = [
+    "BLUR_KERNEL",
+    "CROP_RATIO",
+    "DINOV2_CODE_BLUR_PROB",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PHOTOMETRIC_ON",
+    "CropPlan",
+    "MultiCropAugmentation",
+]
 
 
 def _check_size(name: str, value) -> int:
@@ -70,7 +98,7 @@ class _GaussianBlur(transforms.RandomApply):
     """With probability ``p``, a 9-tap Gaussian blur with sigma ~ U(0.1, 2.0)."""
 
     def __init__(self, p: float):
-        super().__init__([transforms.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=p)
+        super().__init__([transforms.GaussianBlur(kernel_size=BLUR_KERNEL, sigma=(0.1, 2.0))], p=p)
 
 
 def check_blur_prob(value, name: str = "blur_prob") -> tuple[float, float, float]:
@@ -82,6 +110,27 @@ def check_blur_prob(value, name: str = "blur_prob") -> tuple[float, float, float
     if len(out) != 3 or not all(0.0 <= v <= 1.0 for v in out):
         raise ValueError(f"{name} must be 3 probabilities in [0, 1] (global 1, global 2, local), got {value!r}")
     return out
+
+
+@dataclass
+class CropPlan:
+    """Every random choice of one image's multi-crop, drawn before decoding: for global and local crops, the
+    ``(top, left, height, width)`` pixel boxes in the original ``size = (width, height)``, the flips, and the
+    photometric parameters (``(n, NUM_COLUMNS)``)."""
+
+    size: tuple[int, int]
+    global_boxes: list[tuple[int, int, int, int]]
+    global_flips: list[bool]
+    local_boxes: list[tuple[int, int, int, int]]
+    local_flips: list[bool]
+    global_photometric: torch.Tensor
+    local_photometric: torch.Tensor
+
+
+def _size_stub(width: int, height: int) -> torch.Tensor:
+    """A ``(1, height, width)`` tensor without storage (stride 0): what ``RandomResizedCrop.get_params`` reads of an
+    image is its size, and the boxes are drawn before the image is decoded."""
+    return torch.zeros(1, 1, 1).expand(1, height, width)
 
 
 class MultiCropAugmentation:
@@ -99,11 +148,16 @@ class MultiCropAugmentation:
             geometric part (crop, flip, bicubic resize) and normalisation.
         blur_prob: blur probability of global crop 1, global crop 2 (and later ones), and local crops.
         grayscale_prob: probability of turning a crop to grayscale (DINOv2: 0.2).
+        photometric_on: ``"worker"`` (PIL transforms here, float crops) or ``"device"`` (uint8 crops and their
+            drawn parameters; module docstring).
+        reduced_decode: with ``"device"``, let :meth:`draft_scale` ask for a reduced-size JPEG decode.
 
     Calling it on a PIL image returns a dict with ``global_crops`` (list of ``(3, S, S)`` float tensors),
     ``local_crops`` (list of ``(3, s, s)``), ``global_boxes`` ``(n_global, 4)`` / ``local_boxes``
     ``(n_local, 4)`` float32 boxes ``(x0, y0, x1, y1)`` in original-image normalised coordinates (before
-    flipping), and ``global_flips`` / ``local_flips`` bool tensors.
+    flipping), and ``global_flips`` / ``local_flips`` bool tensors. With ``photometric_on="device"`` the crops are
+    uint8 and ``global_photometric`` ``(n_global, NUM_COLUMNS)`` / ``local_photometric`` hold their parameters
+    (all-zero rows, i.e. no operation, when ``photometric`` is off).
     """
 
     def __init__(
@@ -119,6 +173,8 @@ class MultiCropAugmentation:
         photometric: bool = True,
         blur_prob: Sequence[float] = DINOV2_CODE_BLUR_PROB,
         grayscale_prob: float = 0.2,
+        photometric_on: str = "worker",
+        reduced_decode: bool = False,
     ):
         self.global_size = _check_size("global_size", global_size)
         self.local_size = _check_size("local_size", local_size)
@@ -137,13 +193,15 @@ class MultiCropAugmentation:
         if not 0.0 <= float(grayscale_prob) <= 1.0:
             raise ValueError(f"grayscale_prob must be in [0, 1], got {grayscale_prob!r}")
         self.grayscale_prob = float(grayscale_prob)
+        if photometric_on not in PHOTOMETRIC_ON:
+            raise ValueError(f"photometric_on must be one of {PHOTOMETRIC_ON}, got {photometric_on!r}")
+        self.photometric_on = photometric_on
+        self.reduced_decode = bool(reduced_decode) and photometric_on == "device"
 
-        if self.photometric:
+        if self.photometric and photometric_on == "worker":
             color = transforms.Compose(
                 [
-                    transforms.RandomApply(
-                        [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
-                    ),
+                    transforms.RandomApply([transforms.ColorJitter(*COLOR_JITTER)], p=0.8),
                     transforms.RandomGrayscale(p=self.grayscale_prob),
                 ]
             )
@@ -151,7 +209,7 @@ class MultiCropAugmentation:
             self.blurs = {"global1": _GaussianBlur(p=p1), "global2": _GaussianBlur(p=p2), "local": _GaussianBlur(p=pl)}
             self._global1 = transforms.Compose([color, self.blurs["global1"]])
             self._global2 = transforms.Compose(
-                [color, self.blurs["global2"], transforms.RandomSolarize(threshold=128, p=0.2)]
+                [color, self.blurs["global2"], transforms.RandomSolarize(threshold=128, p=SOLARIZE_PROB)]
             )
             self._local = transforms.Compose([color, self.blurs["local"]])
         else:
@@ -162,7 +220,8 @@ class MultiCropAugmentation:
         return (
             f"{type(self).__name__}(global_size={self.global_size}, local_size={self.local_size}, "
             f"n_global={self.n_global}, n_local={self.n_local}, global_scale={self.global_scale}, "
-            f"local_scale={self.local_scale}, photometric={self.photometric}, blur_prob={self.blur_prob})"
+            f"local_scale={self.local_scale}, photometric={self.photometric}, blur_prob={self.blur_prob}, "
+            f"photometric_on={self.photometric_on!r})"
         )
 
     def _crop(self, img: Image.Image, size: int, scale: tuple[float, float]):
@@ -188,6 +247,8 @@ class MultiCropAugmentation:
             img = img.convert("RGB")
         if img.width < 1 or img.height < 1:
             raise ValueError(f"empty image of size {img.size}")
+        if self.photometric_on == "device":
+            return self.render(img, self.plan(img.size))
 
         global_crops, global_boxes, global_flips = [], [], []
         for c in range(self.n_global):
@@ -210,4 +271,81 @@ class MultiCropAugmentation:
             "local_boxes": torch.tensor(local_boxes, dtype=torch.float32).reshape(self.n_local, 4),
             "global_flips": torch.tensor(global_flips, dtype=torch.bool).reshape(self.n_global),
             "local_flips": torch.tensor(local_flips, dtype=torch.bool).reshape(self.n_local),
+        }
+
+    # ------------------------------------------------------------------ photometric_on="device"
+    def _draw_boxes(self, stub: torch.Tensor, n: int, scale: tuple[float, float]):
+        boxes, flips = [], []
+        for _ in range(n):  # box then flip, per crop: the photometric-free worker path's order of draws
+            boxes.append(tuple(transforms.RandomResizedCrop.get_params(stub, list(scale), list(CROP_RATIO))))
+            flips.append(bool(torch.rand(1).item() < 0.5))
+        return boxes, flips
+
+    def _draw_photometric(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.photometric:
+            return torch.zeros(self.n_global, NUM_COLUMNS), torch.zeros(self.n_local, NUM_COLUMNS)
+        p1, p2, pl = self.blur_prob
+        blur = [p1] + [p2] * (self.n_global - 1)
+        solarize = [0.0] + [SOLARIZE_PROB] * (self.n_global - 1)
+        g = draw_params(None, self.n_global, blur, solarize, self.grayscale_prob)
+        loc = draw_params(None, self.n_local, pl, 0.0, self.grayscale_prob)
+        return g, loc
+
+    def plan(self, size: tuple[int, int]) -> CropPlan:
+        """All random choices for an image of ``size = (width, height)``, from torch's global RNG."""
+        stub = _size_stub(*size)
+        global_boxes, global_flips = self._draw_boxes(stub, self.n_global, self.global_scale)
+        local_boxes, local_flips = self._draw_boxes(stub, self.n_local, self.local_scale)
+        g, loc = self._draw_photometric()
+        return CropPlan(tuple(size), global_boxes, global_flips, local_boxes, local_flips, g, loc)
+
+    def draft_scale(self, plan: CropPlan) -> int:
+        """The largest JPEG reduction ``s`` in {1, 2, 4, 8} such that every crop of ``plan`` is downscaled by at
+        least ``s`` along both axes (1 when ``reduced_decode`` is off)."""
+        if not self.reduced_decode:
+            return 1
+        ratios = [min(h, w) / self.global_size for _, _, h, w in plan.global_boxes]
+        ratios += [min(h, w) / self.local_size for _, _, h, w in plan.local_boxes]
+        least = min(ratios)
+        return next((s for s in (8, 4, 2) if least >= s), 1)
+
+    @staticmethod
+    def _resize(img: Image.Image, box, size: int, scale: int, flip: bool) -> torch.Tensor:
+        top, left, height, width = box
+        if scale == 1:
+            crop = TF.resized_crop(img, top, left, height, width, [size, size], interpolation=InterpolationMode.BICUBIC)
+        else:  # the same box on the 1/scale decode: draft pixel k covers original pixels [k s, (k + 1) s)
+            region = (left / scale, top / scale, (left + width) / scale, (top + height) / scale)
+            crop = img.resize((size, size), Image.Resampling.BICUBIC, box=region)
+        if flip:
+            crop = TF.hflip(crop)
+        # (3, S, S) over the image's (S, S, 3) memory: the collator stacks such crops with one copy each
+        return torch.from_numpy(np.array(crop)).permute(2, 0, 1)
+
+    def render(self, img: Image.Image, plan: CropPlan) -> dict:
+        """The crops of ``plan`` cut from ``img`` as uint8 tensors: ``img`` is the image of ``plan.size`` or its
+        reduced decode at ``1/s`` (``ceil(width / s)`` x ``ceil(height / s)``, as PIL's JPEG draft gives)."""
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        width, height = plan.size
+        scale = next((s for s in (1, 2, 4, 8) if img.size == (-(-width // s), -(-height // s))), None)
+        if scale is None:
+            raise ValueError(f"image of size {img.size} is no 1/1, 1/2, 1/4 or 1/8 decode of the planned {plan.size}")
+
+        def crops(boxes, flips, size):
+            return [self._resize(img, b, size, scale, f) for b, f in zip(boxes, flips)]
+
+        def norm_boxes(boxes, n):
+            out = [(j / width, i / height, (j + w) / width, (i + h) / height) for i, j, h, w in boxes]
+            return torch.tensor(out, dtype=torch.float32).reshape(n, 4)
+
+        return {
+            "global_crops": crops(plan.global_boxes, plan.global_flips, self.global_size),
+            "local_crops": crops(plan.local_boxes, plan.local_flips, self.local_size),
+            "global_boxes": norm_boxes(plan.global_boxes, self.n_global),
+            "local_boxes": norm_boxes(plan.local_boxes, self.n_local),
+            "global_flips": torch.tensor(plan.global_flips, dtype=torch.bool).reshape(self.n_global),
+            "local_flips": torch.tensor(plan.local_flips, dtype=torch.bool).reshape(self.n_local),
+            "global_photometric": plan.global_photometric,
+            "local_photometric": plan.local_photometric,
         }

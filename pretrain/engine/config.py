@@ -120,6 +120,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} ({OmegaConf.select(cfg, key):g}) must be <= optim.epochs ({cfg.optim.epochs:g})")
     if cfg.crops.global_size % cfg.model.patch_size or cfg.crops.local_size % cfg.model.patch_size:
         raise ConfigError("crops.global_size and crops.local_size must be multiples of model.patch_size")
+    if cfg.crops.photometric_on == "device" and cfg.method != "intertwined":
+        raise ConfigError(f"crops.photometric_on=device is implemented for method intertwined, not {cfg.method}")
     if not cfg.pos_field.enabled and cfg.pos_field.get("kind", "field") != "field":
         raise ConfigError(
             f"pos_field.kind={cfg.pos_field.kind} needs pos_field.enabled=true (the crop-tied coordinates)"

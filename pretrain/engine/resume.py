@@ -23,6 +23,8 @@ logger = logging.getLogger("pretrain")
 MAY_CHANGE = frozenset(
     {
         "train.output_dir",
+        "crops.photometric_on",  # the same distribution of crops either way (docs/fidelity.md)
+        "crops.reduced_decode",
         "train.num_workers",
         "train.log_every",
         "train.checkpoint_every",

@@ -149,6 +149,18 @@ class CropsConfig:
     blur_prob: list[float] = opt(
         [0.0, 0.9, 0.5], "blur probability of global crop 1, global crop 2, local crops (DINOv2's code)"
     )
+    photometric_on: str = opt(
+        "worker",
+        "where colour jitter, grayscale, blur and solarisation run: worker = PIL in the data-loader workers; device = "
+        "batched on the training device after the uint8 crops arrive, parameters drawn per crop in the workers (same "
+        "distributions; method intertwined)",
+        ("worker", "device"),
+    )
+    reduced_decode: bool = opt(
+        True,
+        "photometric_on=device: decode a JPEG at 1/2, 1/4 or 1/8 size when all its crops are downscaled that much "
+        "(same boxes; pixels differ slightly, docs/fidelity.md)",
+    )
 
 
 @dataclass

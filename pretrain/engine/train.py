@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
+from ..data.device_stage import device_augmentation
 from ..data.folder import ImageFolderDataset
 from ..export import export_backbone
 from ..methods import PretrainingMethod, build_method, method_class
@@ -113,8 +114,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, augment=None) -> dict:
+    """The batch's tensors on ``device``; then ``augment`` (the device stage of ``crops.photometric_on=device``,
+    :mod:`pretrain.data.device_stage`, which runs under no_grad) when given."""
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return augment(batch) if augment is not None else batch
 
 
 # ------------------------------------------------------------------------------------------- stepping
@@ -348,11 +352,12 @@ def train(cfg) -> dict:
     monitor = model.health_monitor(run.sched)
     nonfinite, it, last_saved = 0, start, None
     t_start = time.perf_counter()
+    augment = device_augmentation(cfg)
     try:
         loader = iter(build_loader(cfg, run.dataset, start)) if start < stop_at else iter(())
         model.train()
         for it in range(start, stop_at):
-            batch = to_device(next(loader), run.device)
+            batch = to_device(next(loader), run.device, augment)
             values = {k: schedule[it] for k, schedule in run.sched.items()}
             terms, gnorms, ok = train_step(model, run.ddp_model, run.optimizer, batch, values, cfg, run.device)
             if not ok:

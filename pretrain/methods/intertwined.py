@@ -84,6 +84,8 @@ class IntertwinedDistillation(PretrainingMethod):
             photometric=c.photometric,
             blur_prob=tuple(c.blur_prob),
             grayscale_prob=c.grayscale_prob,
+            photometric_on=c.photometric_on,
+            reduced_decode=c.reduced_decode,
         )
         mode = pf.scale_dist if pf.enabled else "none"
         position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)
