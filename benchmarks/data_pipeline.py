@@ -15,9 +15,11 @@ is images/s of one core:
   ``Normalize``; collate: stack, and block masks on half the global crops (ratios 0.1-0.5);
 - ``worker``: ours, ``crops.photometric_on=worker`` (``SSLDataset`` + ``MaskingCollator``, our default masking);
 - ``device``: ours, ``crops.photometric_on=device``: the worker part only (decode, boxes, crop, flip, resize,
-  uint8, parameters; reduced JPEG decode where it applies) + collate.
+  uint8, parameters; reduced JPEG decode where it applies) + collate;
+- ``device_torch``: the same with ``crops.resize_backend=torch`` (torch's uint8 antialiased bicubic instead of
+  PIL's for the crop-and-resize).
 
-The three are interleaved batch by batch (rotating their order each round) and each is timed over all images per
+The four are interleaved batch by batch (rotating their order each round) and each is timed over all images per
 round; the median round gives images/s. Then the device stage's cost per image (``DeviceAugmentation`` on a
 collated batch: photometric + normalise), on this CPU with one thread and on CUDA when present, and the
 end-to-end single-core rate of the device path with its device stage run on the same core. Also: PIL decode vs
@@ -135,14 +137,20 @@ class DINOv2Reference:
 
 
 # ------------------------------------------------------------------------------------------- ours
-def ours(root: str, sizes: dict, mode: str):
-    """``(dataset, collator)`` of our intertwined method's data path with ``photometric_on=mode``."""
+#: Our pipelines: name -> (crops.photometric_on, crops.resize_backend).
+OURS = {"worker": ("worker", "pil"), "device": ("device", "pil"), "device_torch": ("device", "torch")}
+
+
+def ours(root: str, sizes: dict, mode: str, resize_backend: str = "pil"):
+    """``(dataset, collator)`` of our intertwined method's data path with ``photometric_on=mode`` and
+    ``crops.resize_backend``."""
     aug = MultiCropAugmentation(
         global_size=sizes["global_size"],
         local_size=sizes["local_size"],
         n_local=sizes["n_local"],
         photometric_on=mode,
         reduced_decode=True,
+        resize_backend=resize_backend,
     )
     dataset = SSLDataset(ImageFolderDataset(root), aug, PositionScaleAugmentation("beta", 0.2, 1.0, (2.0, 5.0)))
     grid = sizes["global_size"] // sizes["patch"]
@@ -154,9 +162,9 @@ def time_paths(root: str, paths: list[str], sizes: dict, batch: int, rounds: int
     ref = DINOv2Reference(sizes)
     gen = torch.Generator().manual_seed(0)
     pipes = {"dinov2": lambda idx: ref.collate([ref.sample(paths[i]) for i in idx], gen)}
-    for mode in ("worker", "device"):
-        ds, coll = ours(root, sizes, mode)
-        pipes[mode] = lambda idx, ds=ds, coll=coll: coll([ds[i] for i in idx])
+    for name, (mode, backend) in OURS.items():
+        ds, coll = ours(root, sizes, mode, backend)
+        pipes[name] = lambda idx, ds=ds, coll=coll: coll([ds[i] for i in idx])
     for fn in pipes.values():
         fn(range(min(batch, len(paths))))  # warm-up
     names = list(pipes)
@@ -366,6 +374,7 @@ def report(r: dict) -> None:
         ("dinov2", "DINOv2 settings (torchvision PIL)"),
         ("worker", "ours, photometric_on=worker"),
         ("device", "ours, photometric_on=device"),
+        ("device_torch", "  + crops.resize_backend=torch"),
     ):
         print(f"{label:34s} {p[name]['images_per_s']:13.1f} {p[name]['images_per_s'] / ref:8.2f}x")
     cpu = r["device_stage"]["cpu"]["s_per_image"]

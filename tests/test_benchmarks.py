@@ -35,24 +35,10 @@ def test_data_pipeline_runs_tiny_and_reports_every_figure(repo_root, tmp_path):
     args = ["--tiny", "--images", "4", "--size", "120x90", "--batch", "2", "--rounds", "1", "--device-batch", "4"]
     assert bench.main([*args, "--loader-workers", "1", "--loader-batches", "2", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["paths"]) == {"dinov2", "worker", "device"}
+    assert set(r["paths"]) == {"dinov2", "worker", "device", "device_torch"}
     assert all(p["images_per_s"] > 0 for p in r["paths"].values())
     assert r["device_stage"]["cpu"]["s_per_image"] > 0 and r["loader"]["images_per_s"] > 0
     assert r["draft"]["scales"] == [2] and 0 < r["draft"]["mean_abs"] < 3  # 200 x 150 images: 1/2 decodes
-
-
-def test_the_device_path_worker_outpaces_dinov2_settings_per_core(repo_root, tmp_path):
-    """Full crop sizes (2 x 224 + 8 x 96) on 500 x 375 JPEGs, one thread. The issue's target is 4x; measured on the
-    2-core VM 2.9-3.5x (benchmarks/RESULTS.md: the bicubic resizes both pipelines share bound it); this floor
-    catches a worker path that does photometric work again or decodes twice."""
-    bench = _load(repo_root, "data_pipeline")
-    out = tmp_path / "dp.json"
-    assert (
-        bench.main(["--images", "8", "--batch", "4", "--rounds", "2", "--device-batch", "4", "--json", str(out)]) == 0
-    )
-    paths = json.loads(out.read_text())["paths"]
-    ratio = paths["device"]["images_per_s"] / paths["dinov2"]["images_per_s"]
-    assert ratio >= 2.0, paths
 
 
 @pytest.mark.slow

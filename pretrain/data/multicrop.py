@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
@@ -127,6 +128,21 @@ class CropPlan:
     local_photometric: torch.Tensor
 
 
+#: Crop-and-resize implementations of the device-mode worker (``crops.resize_backend``).
+RESIZE_BACKENDS = ("pil", "torch")
+
+
+def _torch_resized_crop(pixels: torch.Tensor, box, size: int, flip: bool) -> torch.Tensor:
+    """``box = (top, left, height, width)`` of a ``(1, 3, H, W)`` uint8 image resized to ``size`` by torch's
+    antialiased bicubic (PIL's filter, a = -0.5), flipped if asked: ``(3, size, size)`` uint8 over HWC memory."""
+    top, left, height, width = box
+    crop = pixels[:, :, top : top + height, left : left + width]
+    out = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    if flip:
+        out = out.flip(-1)
+    return out[0]
+
+
 def _size_stub(width: int, height: int) -> torch.Tensor:
     """A ``(1, height, width)`` tensor without storage (stride 0): what ``RandomResizedCrop.get_params`` reads of an
     image is its size, and the boxes are drawn before the image is decoded."""
@@ -151,6 +167,9 @@ class MultiCropAugmentation:
         photometric_on: ``"worker"`` (PIL transforms here, float crops) or ``"device"`` (uint8 crops and their
             drawn parameters; module docstring).
         reduced_decode: with ``"device"``, let :meth:`draft_scale` ask for a reduced-size JPEG decode.
+        resize_backend: with ``"device"``: ``"pil"`` (PIL's bicubic, the reference) or ``"torch"`` (torch's uint8
+            antialiased bicubic on the decoded image, channels-last: the same boxes and flips, pixels within one
+            level of PIL's; much faster per core, ``benchmarks/RESULTS.md``). Reduced decodes always use PIL.
 
     Calling it on a PIL image returns a dict with ``global_crops`` (list of ``(3, S, S)`` float tensors),
     ``local_crops`` (list of ``(3, s, s)``), ``global_boxes`` ``(n_global, 4)`` / ``local_boxes``
@@ -175,6 +194,7 @@ class MultiCropAugmentation:
         grayscale_prob: float = 0.2,
         photometric_on: str = "worker",
         reduced_decode: bool = False,
+        resize_backend: str = "pil",
     ):
         self.global_size = _check_size("global_size", global_size)
         self.local_size = _check_size("local_size", local_size)
@@ -197,6 +217,11 @@ class MultiCropAugmentation:
             raise ValueError(f"photometric_on must be one of {PHOTOMETRIC_ON}, got {photometric_on!r}")
         self.photometric_on = photometric_on
         self.reduced_decode = bool(reduced_decode) and photometric_on == "device"
+        if resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
+        if resize_backend == "torch" and photometric_on != "device":
+            raise ValueError("resize_backend='torch' needs photometric_on='device' (the worker path stays PIL's)")
+        self.resize_backend = resize_backend
 
         if self.photometric and photometric_on == "worker":
             color = transforms.Compose(
@@ -332,8 +357,15 @@ class MultiCropAugmentation:
         if scale is None:
             raise ValueError(f"image of size {img.size} is no 1/1, 1/2, 1/4 or 1/8 decode of the planned {plan.size}")
 
-        def crops(boxes, flips, size):
-            return [self._resize(img, b, size, scale, f) for b, f in zip(boxes, flips)]
+        if self.resize_backend == "torch" and scale == 1:
+            pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]  # (1, 3, H, W) over HWC memory
+
+            def crops(boxes, flips, size):
+                return [_torch_resized_crop(pixels, b, size, f) for b, f in zip(boxes, flips)]
+        else:
+
+            def crops(boxes, flips, size):
+                return [self._resize(img, b, size, scale, f) for b, f in zip(boxes, flips)]
 
         def norm_boxes(boxes, n):
             out = [(j / width, i / height, (j + w) / width, (i + h) / height) for i, j, h, w in boxes]

@@ -122,6 +122,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("crops.global_size and crops.local_size must be multiples of model.patch_size")
     if cfg.crops.photometric_on == "device" and cfg.method != "intertwined":
         raise ConfigError(f"crops.photometric_on=device is implemented for method intertwined, not {cfg.method}")
+    if cfg.crops.get("resize_backend", "pil") == "torch" and cfg.crops.photometric_on != "device":
+        raise ConfigError("crops.resize_backend=torch needs crops.photometric_on=device (the worker path is PIL's)")
     if not cfg.pos_field.enabled and cfg.pos_field.get("kind", "field") != "field":
         raise ConfigError(
             f"pos_field.kind={cfg.pos_field.kind} needs pos_field.enabled=true (the crop-tied coordinates)"

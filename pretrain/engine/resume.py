@@ -25,6 +25,7 @@ MAY_CHANGE = frozenset(
         "train.output_dir",
         "crops.photometric_on",  # the same distribution of crops either way (docs/fidelity.md)
         "crops.reduced_decode",
+        "crops.resize_backend",
         "train.num_workers",
         "train.log_every",
         "train.checkpoint_every",

@@ -86,6 +86,7 @@ class IntertwinedDistillation(PretrainingMethod):
             grayscale_prob=c.grayscale_prob,
             photometric_on=c.photometric_on,
             reduced_decode=c.reduced_decode,
+            resize_backend=c.get("resize_backend", "pil"),
         )
         mode = pf.scale_dist if pf.enabled else "none"
         position_aug = PositionScaleAugmentation(mode, pf.s_min, pf.s_max, tuple(pf.beta), pf.enclose)

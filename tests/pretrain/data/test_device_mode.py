@@ -215,3 +215,25 @@ def test_collate_and_the_device_stage_give_the_worker_path_batch_layout():
     assert torch.equal(out["content_masks"], batch["content_masks"])
     with pytest.raises(TypeError, match="uint8"):
         DeviceAugmentation()(out | {"global_photometric": batch["global_photometric"]})
+
+
+def test_the_torch_resize_backend_cuts_the_same_crops_within_one_level():
+    """``crops.resize_backend=torch``: the same boxes, flips and parameters as PIL's resize (same draws), and
+    torch's antialiased bicubic is PIL's filter: pixels within one level, almost all identical."""
+    img = _scene(300, 220, seed=4)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ref = _aug("device", global_size=64, local_size=32, n_local=4)(img)
+        torch.manual_seed(seed)
+        out = _aug("device", global_size=64, local_size=32, n_local=4, resize_backend="torch")(img)
+        for key in ("global_boxes", "local_boxes", "global_flips", "local_flips", "global_photometric"):
+            assert torch.equal(out[key], ref[key]), key
+        crops = list(zip(out["global_crops"] + out["local_crops"], ref["global_crops"] + ref["local_crops"]))
+        diffs = torch.cat([(a.int() - b.int()).abs().flatten() for a, b in crops])
+        assert all(a.shape == b.shape and a.dtype == torch.uint8 for a, b in crops)
+        assert int(diffs.max()) <= 1 and float((diffs > 0).float().mean()) < 0.02
+
+
+def test_the_torch_resize_backend_is_refused_in_worker_mode():
+    with pytest.raises(ValueError, match="resize_backend='torch' needs photometric_on='device'"):
+        _aug("worker", resize_backend="torch")
