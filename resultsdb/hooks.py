@@ -1,5 +1,6 @@
 """The records written where training runs produce their final numbers (one call at each such point):
-pretraining's end, ViTDet's ``metrics_final.json``, Segmenter's ``metrics_final.json``. Each never raises."""
+pretraining's end, ViTDet's ``metrics_final.json``, Segmenter's ``metrics_final.json``, the Segmenter sweep's
+summary. Each never raises."""
 
 from __future__ import annotations
 
@@ -66,3 +67,29 @@ def record_segmenter(final: dict) -> int | None:
     return record_result(
         final.get("init"), "segmenter", metrics, config, final.get("seed"), output_dir=final.get("work_dir")
     )
+
+
+def record_sweep(rows: list[dict], checkpoint: str, setting: dict, work_dir: str) -> int | None:
+    """Protocol ``segmenter_sweep``: the aggregate of one ``transfer/segmenter/sweep.py`` run, from its summary
+    ``rows`` (one per lr x wd point: ``<key>_mean`` / ``<key>_std`` over seeds, ``num_seeds``, ``best``). Metrics:
+    the best point's (highest mean mIoU) ``best/<key>``, ``best/<key>_std``, ``best/lr``, ``best/wd``,
+    ``best/num_seeds``; over the finished points the mean and population std of their mean mIoU
+    (``points/mIoU_mean``, ``points/mIoU_std``) and the counts ``points`` and ``runs``. ``setting``: the config
+    file, the grid and the seed count. Nothing is recorded before a point has finished."""
+    import math
+
+    done = [r for r in rows if r.get("num_seeds", 0) > 0 and math.isfinite(r.get("mIoU_mean", math.nan))]
+    best = [r for r in done if r.get("best")]
+    if not best:
+        return None
+    b = best[0]
+    metrics = {f"best/{k[:-5]}": v for k, v in b.items() if k.endswith("_mean")}
+    metrics.update({f"best/{k}": v for k, v in b.items() if k.endswith("_std")})
+    metrics.update({"best/lr": b["lr"], "best/wd": b["wd"], "best/num_seeds": b["num_seeds"]})
+    means = [r["mIoU_mean"] for r in done]
+    mu = sum(means) / len(means)
+    metrics.update(
+        {"points/mIoU_mean": mu, "points/mIoU_std": math.sqrt(sum((m - mu) ** 2 for m in means) / len(means))}
+    )
+    metrics.update({"points": len(done), "runs": sum(r["num_seeds"] for r in done)})
+    return record_result(checkpoint, "segmenter_sweep", metrics, setting, None, output_dir=work_dir)

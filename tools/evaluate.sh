@@ -3,8 +3,10 @@
 #
 #   tools/evaluate.sh CKPT [--suite quick|full] [--random-init] [--seeds S ...] [--out DIR] [--data data/toy]
 #
-# Runs the CLS k-NN, the dense patch probes (1-NN, linear, top-m variance removal), the position accuracy and the
-# attention statistics on the toy sets (each as its own tool; one failing is reported, the others still run),
+# Runs the CLS k-NN, the dense patch probes (1-NN, linear, top-m variance removal), the position accuracy, the MAXA
+# adapters (boundaries, distance, instances, semantics, depth), the LocalRep probes (retrieval under shift, rotation,
+# scale, blur and noise; tracking; global context) and the attention statistics on the toy sets (each as its own
+# tool; one failing is reported, the others still run),
 # writes summary.md, summary.csv and summary.png under the output folder (default outputs/eval/<name>_<suite>)
 # and records every number in the results database ($SSLVIT_RESULTS_DB, default outputs/results.sqlite).
 # Compare checkpoints afterwards with tools/results.py compare. The quick suite takes a few minutes on a CPU.

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Generate the deterministic toy data sets (pretraining images, COCO instances, ADE20K sets by colour / by texture).
+"""Generate the deterministic toy data sets (pretraining images, COCO instances with depth maps, ADE20K sets by colour
+/ by texture).
 
 Examples::
 
-    python tools/make_toy_data.py --out data/toy --seed 0                 # all three, idempotent (ensure_toy_data)
+    python tools/make_toy_data.py --out data/toy --seed 0                 # all of them, idempotent (ensure_toy_data)
     python tools/make_toy_data.py --out data/toy_coco --what coco --num-train 100 --num-val 20 --overwrite
-    python tools/make_toy_data.py --out data/toy/coco --what depth        # depth maps beside the COCO set
+    python tools/make_toy_data.py --out data/toy_coco --what depth        # depth maps beside a COCO set
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         "--what",
         choices=("all", "images", "coco", "ade", "depth"),
         default="all",
-        help="depth: depth maps from the layer order beside an existing COCO set (--out: its root; optional, "
-        "not part of all)",
+        help="depth: depth maps from the layer order beside an existing COCO set (--out: its root; all writes them "
+        "for its own COCO set)",
     )
     p.add_argument("--num-images", type=int, default=256, help="pretraining images")
     p.add_argument(
@@ -90,7 +91,7 @@ def _make_all(args: argparse.Namespace) -> None:
     paths = toydata.ensure_toy_data(args.out, spec, force=args.overwrite)
     if before is not None and os.stat(marker).st_mtime_ns == before:
         print(f"{args.out} is up to date for these parameters; nothing written (--overwrite regenerates)")
-    for key in ("images", "coco", "ade", "ade_texture"):
+    for key in ("images", "coco", "coco_depth", "ade", "ade_texture"):
         print(f"{key:11s} {paths[key]}  ({_count_files(paths[key])} files)")
     print(f"{'marker':11s} {paths['marker']}")
 

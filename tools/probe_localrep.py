@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """LocalRep probes of the frozen patch features (docs/evaluation.md): patch retrieval / instance identification
-under whole-patch shifts and a 90-degree rotation, scored at image and patch level; robustness curves under blur,
-Gaussian noise and band-limited noise; tracking association of ROIAlign-pooled object features against the frame
-gap on a toy moving-objects sequence. Writes ``localrep_results.json`` and ``localrep_robustness.png`` under
-``--out`` and records protocol ``localrep``.
+under whole-patch shifts, a 90-degree rotation and rescaling by 0.8-1.2, scored at image and patch level;
+robustness curves under blur, Gaussian noise and band-limited noise; tracking association of ROIAlign-pooled
+object features against the frame gap on a toy moving-objects sequence; with ``--ade``, the global-context probe
+(ridge R^2 of the three most common classes' pixel fractions from the central patch). Writes
+``localrep_results.json`` and ``localrep_robustness.png`` under ``--out`` and records protocol ``localrep``.
 
 Example::
 
-    python tools/probe_localrep.py outputs/demo/backbone.pth --images data/toy/images --size 96
+    python tools/probe_localrep.py outputs/demo/backbone.pth --images data/toy/images --ade data/toy/ade_texture
 """
 
 import argparse
@@ -20,6 +21,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--images", required=True, help="image folder (recursive)")
+    p.add_argument("--ade", help="ADE-layout set for the global-context R^2 probe (training + validation images)")
     p.add_argument("--size", type=int, default=96, help="input side (rounded down to a patch multiple)")
     p.add_argument("--max-images", type=int, default=16, help="first N images (sorted)")
     p.add_argument("--frames", type=int, default=10, help="frames of the moving-objects sequence")

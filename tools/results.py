@@ -3,7 +3,10 @@
 
 The database is ``--db``, else ``$SSLVIT_RESULTS_DB``, else ``outputs/results.sqlite``. ``compare`` prints rows
 (methods, or checkpoints with ``--by checkpoint``) x columns (``protocol:metric``), each cell mean ± std over the
-row's records (seeds, repeats); ``--metrics`` takes glob patterns on ``protocol:metric``.
+row's records (seeds, repeats); ``--metrics`` takes glob patterns on ``protocol:metric``. A column holds one
+protocol setting only (the protocol's config without seed and variant): a protocol recorded under several settings
+gets one column per setting, ``protocol[<8 hex>]:metric``, and a note says what differs; ``--setting PREFIX``
+keeps the records of one setting (``list`` shows them).
 
 Examples::
 
@@ -31,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--protocol", help="only records of this protocol")
         s.add_argument("--method", help="only records of this method")
         s.add_argument("--under", help="only records whose output folder is inside this folder")
+        s.add_argument("--setting", help="only records whose protocol setting hash starts with this (see list)")
         if name == "list":
             s.add_argument("--last", type=int, help="only the newest N records")
             continue
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from resultsdb.db import ResultsDB, ResultsDBError, default_db_path
-    from resultsdb.table import compare_table, list_lines, plot_compare
+    from resultsdb.table import compare_table, list_lines, plot_compare, setting_hash, setting_notes
 
     args = build_parser().parse_args(argv)
     path = default_db_path(args.db)
@@ -67,10 +71,15 @@ def main(argv=None) -> int:
             if (r.get("output_dir") or "") + os.sep == root + os.sep
             or (r.get("output_dir") or "").startswith(root + os.sep)
         ]
+    if args.setting:
+        records = [r for r in records if (setting_hash(r) or "").startswith(args.setting)]
     if args.command == "list":
         print("\n".join(list_lines(records, args.last)))
     elif args.command == "compare":
         print(compare_table(records, args.metrics, args.by, args.format, args.digits))
+        if args.format == "csv":
+            for note in setting_notes(records, args.metrics):
+                print(note, file=sys.stderr)
     else:
         try:
             print(f"wrote {plot_compare(records, args.out, args.metrics, args.by)}")

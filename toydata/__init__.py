@@ -12,6 +12,7 @@ Layout written by :func:`make_toy_all` (and by the idempotent :func:`ensure_toy_
       coco/val/000000000001.jpg ...
       coco/annotations/instances_train.json
       coco/annotations/instances_val.json
+      coco/depth/train/000000000001.png ...         16-bit depth maps from the layer order (toydata.depth)
       ade/images/training/ADE_train_00000000.jpg    ADE20K layout (MMSeg ``ADE20KDataset``; toydata.ade)
       ade/images/validation/ADE_val_00000000.jpg
       ade/annotations/training/ADE_train_00000000.png   8-bit labels, 0 = other/ignore, 1..K = classes

@@ -1,5 +1,6 @@
-"""Depth maps of the toy COCO set from its layer order (:func:`make_toy_depth`): an optional output beside an
-existing set, which leaves every file of the set as it is.
+"""Depth maps of the toy COCO set from its layer order (:func:`make_toy_depth`). :func:`toydata.make_toy_all` writes
+them for its COCO set (``coco/depth/``); called on its own, it adds them beside an existing set and leaves every
+file of the set as it is.
 
 The scenes paint their objects in annotation order, later ones over earlier ones (``toydata/coco.py``), so the
 painting order is a depth order: the background is farthest (depth 1), and the ``i``-th of an image's ``K``

@@ -12,6 +12,7 @@ import uuid
 from toydata._files import json_dump
 from toydata.ade import make_toy_ade
 from toydata.coco import make_toy_coco
+from toydata.depth import make_toy_depth
 from toydata.images import make_toy_images
 from toydata.spec import ToySpec
 
@@ -29,6 +30,7 @@ def toy_data_paths(root: str) -> dict[str, str]:
         "coco_val_images": os.path.join(coco, "val"),
         "coco_train_json": os.path.join(coco, "annotations", "instances_train.json"),
         "coco_val_json": os.path.join(coco, "annotations", "instances_val.json"),
+        "coco_depth": os.path.join(coco, "depth"),
         "ade": ade,
         "ade_texture": os.path.join(root, "ade_texture"),
         "marker": os.path.join(root, MARKER),
@@ -44,8 +46,8 @@ def _spec_or_default(spec: ToySpec | None) -> ToySpec:
 
 
 def make_toy_all(root: str, spec: ToySpec | None = None, overwrite: bool = False) -> dict[str, str]:
-    """Write all toy sets of ``spec`` (default ``ToySpec()``) under ``root``: ``images/``, ``coco/``, ``ade/``,
-    ``ade_texture/``. Returns :func:`toy_data_paths`.
+    """Write all toy sets of ``spec`` (default ``ToySpec()``) under ``root``: ``images/``, ``coco/`` (with its depth
+    maps ``coco/depth/``), ``ade/``, ``ade_texture/``. Returns :func:`toy_data_paths`.
 
     Not atomic and writes no marker; use :func:`ensure_toy_data` for an idempotent, crash-safe set.
     """
@@ -54,6 +56,7 @@ def make_toy_all(root: str, spec: ToySpec | None = None, overwrite: bool = False
     seed, im, coco, ade = spec.seed, spec.images, spec.coco, spec.ade
     make_toy_images(paths["images"], im.num, size=im.size, seed=seed, overwrite=overwrite, scenes=im.scenes)
     make_toy_coco(paths["coco"], coco.num_train, coco.num_val, image_size=coco.size, seed=seed, overwrite=overwrite)
+    make_toy_depth(paths["coco"])  # coco/depth/<split>/<stem>.png from the layer order (toydata/depth.py)
     for key, appearance in (("ade", "colour"), ("ade_texture", "texture")):
         make_toy_ade(
             paths[key],

@@ -74,3 +74,36 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("results: error:") and "\n" not in err
     assert results_main(["--db", str(tmp_path / "none.sqlite"), "compare"]) == 2
+
+
+def test_compare_splits_one_protocol_run_under_two_settings(tmp_path, capsys):
+    """Same protocol, different config (not just seed / variant): never one column; a note says what differs."""
+    db = str(tmp_path / "r.sqlite")
+    ckpt = tmp_path / "demo" / "backbone.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    for seed, v in enumerate([0.5, 0.7]):  # seeds and the variant stay in one setting
+        record_result(str(ckpt), "maxa", {"iou": v}, {"size": 96, "steps": 150, "seed": seed}, seed=seed, db=db)
+    record_result(
+        str(ckpt), "maxa", {"iou": 0.2}, {"size": 96, "steps": 150, "random_init": True}, random_init=True, db=db
+    )
+    record_result(str(ckpt), "maxa", {"iou": 0.9}, {"size": 96, "steps": 1000}, db=db)
+    assert results_main(["--db", db, "compare", "--metrics", "maxa:iou"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    from resultsdb.table import setting_hash
+
+    quick = setting_hash({"config": {"size": 96, "steps": 150}})[:8]
+    full = setting_hash({"config": {"size": 96, "steps": 1000}})[:8]
+    assert out[0] == f"| method | n | maxa[{quick}]:iou | maxa[{full}]:iou |"
+    assert out[2] == "| demo | 2 | 0.6000 ± 0.1414 | 0.9000 |"
+    assert out[3] == "| demo (random init) | 1 | 0.2000 | - |"
+    assert out[5].startswith("note: maxa ran under 2 settings") and "steps=150" in out[5] and "steps=1000" in out[5]
+    assert "size=" not in out[5]  # only what differs
+    # one setting kept: back to one plain column, no note
+    assert results_main(["--db", db, "compare", "--setting", quick]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| method | n | maxa:iou |" and len(out) == 4
+    # csv: the note goes to stderr, the table stays CSV
+    assert results_main(["--db", db, "compare", "--format", "csv"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.splitlines()[0].startswith(f"row,maxa[{quick}]:iou,") and cap.err.startswith("note: maxa")

@@ -17,11 +17,11 @@ SMALL = ToySpec(
 )
 #: SMALL with fewer images, for the tests that generate several roots
 TINY = ToySpec(images=ImagesSpec(num=2, size=96), coco=CocoSpec(2, 1, size=160), ade=AdeSpec(2, 1, size=128))
-#: The marker GENERATOR_VERSION 4 writes for SMALL (bytes, newline included)
+#: The marker GENERATOR_VERSION 5 writes for SMALL (bytes, newline included)
 SMALL_MARKER = (
     '{"ade":{"num_classes":6,"num_train":6,"num_val":4,"size":[128,128]},'
     '"coco":{"num_train":8,"num_val":4,"size":[160,160]},'
-    '"images":{"num":6,"scenes":"texture","size":[96,96]},"seed":0,"version":4}\n'
+    '"images":{"num":6,"scenes":"texture","size":[96,96]},"seed":0,"version":5}\n'
 )
 
 
@@ -51,6 +51,7 @@ def mtimes(root):
 
 
 def file_count(spec):
-    """Files make_toy_all writes for ``spec``: images, COCO images and two JSONs, two ADE sets (image + label)."""
+    """Files make_toy_all writes for ``spec``: images, COCO images, their depth maps and two JSONs, two ADE sets
+    (image + label)."""
     coco, ade = spec.coco, spec.ade
-    return spec.images.num + coco.num_train + coco.num_val + 2 + 4 * (ade.num_train + ade.num_val)
+    return spec.images.num + 2 * (coco.num_train + coco.num_val) + 2 + 4 * (ade.num_train + ade.num_val)

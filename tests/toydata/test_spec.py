@@ -49,11 +49,11 @@ def test_spec_normalises_counts_and_sizes():
 
 
 def test_default_spec_marker_equals_the_marker_of_existing_default_sets():
-    # what GENERATOR_VERSION 4 writes for the defaults (data/toy): ensure_toy_data compares json.load(marker) to this
+    # what GENERATOR_VERSION 5 writes for the defaults (data/toy): ensure_toy_data compares json.load(marker) to this
     written = (
         '{"ade":{"num_classes":6,"num_train":24,"num_val":8,"size":[256,256]},'
         '"coco":{"num_train":24,"num_val":8,"size":[256,256]},'
-        '"images":{"num":256,"scenes":"texture","size":[160,160]},"seed":0,"version":4}'
+        '"images":{"num":256,"scenes":"texture","size":[160,160]},"seed":0,"version":5}'
     )
     assert ToySpec().marker() == json.loads(written)
 

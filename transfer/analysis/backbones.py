@@ -45,26 +45,40 @@ class AdapterError(ValueError):
 # block-level attention recomputation
 
 
-def block_attention(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _rotate(q: torch.Tensor, k: torch.Tensor, angles, num_prefix: int):
+    """``q, k`` ``(B, H, T, hd)`` with RoPE ``angles`` ``(B or 1, N, hd/2)`` applied to the tokens after the first
+    ``num_prefix`` (:func:`pretrain.models.rope.rope_sdpa`'s rotation); unchanged without angles."""
+    if angles is None:
+        return q, k
+    from pretrain.models.rope import apply_rope_after_prefix
+
+    a = angles[:, None] if angles.dim() == 3 else angles
+    return apply_rope_after_prefix(q, a, num_prefix), apply_rope_after_prefix(k, a, num_prefix)
+
+
+def block_attention(blk: nn.Module, x: torch.Tensor, angles=None, num_prefix: int = 0) -> torch.Tensor:
     """Softmax attention ``(B, H, T, T)`` of timm block ``blk`` on its input sequence ``x`` ``(B, T, D)``.
 
     ``softmax(q k^T * scale)`` with ``q, k`` from ``blk.attn.qkv(blk.norm1(x))`` (after the attention's optional
-    ``q_norm`` / ``k_norm``), exactly what timm's non-fused path computes.
+    ``q_norm`` / ``k_norm``), exactly what timm's non-fused path computes; with RoPE ``angles``, ``q`` and ``k`` of
+    the patch tokens rotated first, as :class:`pretrain.models.rope_block.RopeBlock` does.
     """
     attn_mod = blk.attn
     b, t, _ = x.shape
     h = attn_mod.num_heads
     qkv = attn_mod.qkv(blk.norm1(x)).reshape(b, t, 3, h, -1).permute(2, 0, 3, 1, 4)
     q, k, _ = qkv.unbind(0)
-    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    q, k = _rotate(attn_mod.q_norm(q), attn_mod.k_norm(k), angles, num_prefix)
     return ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
 
-def attention_block_forward(blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run timm block ``blk`` on ``x`` by hand, returning ``(output, attention)``.
+def attention_block_forward(blk: nn.Module, x: torch.Tensor, angles=None, num_prefix: int = 0):
+    """Run timm block ``blk`` on ``x`` by hand, returning ``(output, attention)``; ``angles`` / ``num_prefix``: RoPE
+    as in :func:`block_attention`.
 
     The output is computed from the explicit attention matrix (``attn @ v``, projection, LayerScale, residual, MLP),
-    so it equals ``blk(x)`` (in eval mode) up to float rounding only if the matrix is the one the block uses.
+    so it equals ``blk(x)`` (``blk(x, angles, num_prefix)`` for a RoPE block; eval mode) up to float rounding only
+    if the matrix is the one the block uses.
     """
     if blk.training:
         raise AdapterError("attention_block_forward needs the block in eval mode (no dropout / drop path)")
@@ -75,7 +89,7 @@ def attention_block_forward(blk: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     gate = attn_mod.gate(xn).sigmoid() if getattr(attn_mod, "gate", None) is not None else None
     qkv = attn_mod.qkv(xn).reshape(b, t, 3, h, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    q, k = _rotate(attn_mod.q_norm(q), attn_mod.k_norm(k), angles, num_prefix)
     attn = ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
     y = (attn @ v).transpose(1, 2).reshape(b, t, -1)
     y = attn_mod.norm(y)
@@ -236,12 +250,16 @@ class BackboneAdapter:
     @torch.no_grad()
     def iter_attentions(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Yield the softmax attention ``(B, H, T, T)`` of each block in turn (memory: one layer at a time)."""
-        if getattr(getattr(self.model, "cfg", None), "rope", False):
-            raise AdapterError(f"{self.name}: attention recomputation does not apply RoPE; not available for it")
-        seq, _ = self.embed(x)
+        seq, grid = self.embed(x)
+        angles = self.rope_angles(grid)
         for blk in self.blocks:
-            seq, attn = attention_block_forward(blk, seq)
+            seq, attn = attention_block_forward(blk, seq, angles, self.num_prefix)
             yield attn
+
+    def rope_angles(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The RoPE angles ``(B or 1, N, head_dim / 2)`` the blocks rotate by at ``grid``; ``None`` (default): the
+        backbone has no RoPE."""
+        return None
 
     def attentions(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Softmax attention ``(B, H, T, T)`` of every block, ``T = num_prefix + N``."""
@@ -272,8 +290,11 @@ class OursAdapter(BackboneAdapter):
 
     def run_block(self, blk, seq, grid):
         """The model's block with its RoPE angles at ``grid`` (the input's integer grid), if it has RoPE."""
-        angles = self.model.attention_angles(grid, pos_mask=getattr(self, "_pos_mask", None))
-        return blk(seq, angles, self.model.num_prefix_tokens)
+        return blk(seq, self.rope_angles(grid), self.model.num_prefix_tokens)
+
+    def rope_angles(self, grid):
+        """``model.attention_angles`` at ``grid`` (position-masked patches of the last :meth:`embed` unrotated)."""
+        return self.model.attention_angles(grid, pos_mask=getattr(self, "_pos_mask", None))
 
     def embed_parts(self, x):
         """As ``prepare_tokens`` without masks: field (whole virtual image) or resampled ``pos_embed`` positions."""

@@ -6,7 +6,9 @@ against the frame gap.
 Retrieval: every patch of a transformed image queries, by cosine similarity, a database of the patches of all
 original images; the hit is scored at two levels, the right image (instance identification) and, within it, the
 right patch (exact, or within one patch). The transformations keep the patch correspondence known: whole-patch
-shifts (content moves by ``k`` patches, wrapped), a 90-degree rotation, and photometric ones (blur, noise).
+shifts (content moves by ``k`` patches, wrapped), a 90-degree rotation, rescaling about the centre (the source
+patch is the one holding the source of the query patch's centre, as the paper defines it; queries whose centre
+comes from outside the image are left out) and photometric ones (blur, noise).
 """
 
 from __future__ import annotations
@@ -52,6 +54,29 @@ def rotate90(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tens
     return out, (xs * n + (n - 1 - ys)).reshape(-1)  # rot90 ccw: out[y, x] = in[x, n - 1 - y]
 
 
+def scale_about_centre(images: torch.Tensor, factor: float, patch: int, mode: str = "bilinear"):
+    """Images rescaled by ``factor`` about their centre at the same size (``factor > 1`` zooms in and crops,
+    ``< 1`` zooms out and pads with zeros; ``grid_sample``, ``align_corners=False``), and per patch of the result
+    the flat index of the original patch that contains the source of its centre (the LocalRep paper's
+    correspondence), ``-1`` where that lies outside the image. Output pixel ``u`` samples source ``(u - c) / factor
+    + c`` (``c`` the centre, continuous pixel coordinates)."""
+    if factor <= 0:
+        raise ValueError(f"scale factor must be positive, got {factor}")
+    b, _, h, w = images.shape
+    theta = torch.tensor([[1.0 / factor, 0, 0], [0, 1.0 / factor, 0]], dtype=images.dtype).expand(b, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    gh, gw = h // patch, w // patch
+
+    def source(n: int, size: int) -> torch.Tensor:
+        centre = (torch.arange(n, dtype=torch.float64) + 0.5) * patch
+        return torch.floor(((centre - size / 2) / factor + size / 2) / patch).long()
+
+    sy, sx = source(gh, h)[:, None].expand(gh, gw), source(gw, w)[None, :].expand(gh, gw)
+    inside = (sy >= 0) & (sy < gh) & (sx >= 0) & (sx < gw)
+    return out, torch.where(inside, sy * gw + sx, torch.full_like(sy, -1)).reshape(-1)
+
+
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur (reflect padding); ``sigma`` 0 returns the input."""
     if sigma <= 0:
@@ -95,7 +120,8 @@ def patch_features(adapter, images: torch.Tensor, batch_size: int = 16) -> torch
 
 def retrieval_under(feats_fn, images: torch.Tensor, patch: int, transform) -> dict:
     """:func:`retrieval_scores` of the transformed images (``transform(images) -> (images, source index)``)
-    against the originals; ``feats_fn(images) -> (B, N, D)``."""
+    against the originals; ``feats_fn(images) -> (B, N, D)``. Query patches whose source index is ``-1`` (no
+    counterpart in the original, e.g. the padded border of a zoomed-out image) are left out."""
     db = feats_fn(images)
     timg, src = transform(images)
     q = feats_fn(timg)
@@ -103,7 +129,11 @@ def retrieval_under(feats_fn, images: torch.Tensor, patch: int, transform) -> di
     grid = (images.shape[2] // patch, images.shape[3] // patch)
     img_idx = torch.arange(b).repeat_interleave(n)
     pos = torch.arange(n).repeat(b)
-    return retrieval_scores(q.reshape(-1, d), db.reshape(-1, d), img_idx, src.repeat(b), img_idx, pos, grid)
+    keep = src.repeat(b) >= 0
+    if not bool(keep.any()):
+        raise ValueError("no query patch has a counterpart in the original images")
+    q_src = src.repeat(b)[keep]
+    return retrieval_scores(q.reshape(-1, d)[keep], db.reshape(-1, d), img_idx[keep], q_src, img_idx, pos, grid)
 
 
 def moving_objects(num_frames=8, num_objects=4, side=96, obj=24, seed=0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 from resultsdb import record_result
@@ -46,6 +47,8 @@ def record_position(checkpoint: str, json_path: str, out: str | None = None) -> 
     metrics = {k: (math.nan if v is None else v) for k, v in metrics.items()}
     keys = ("images", "num_images", "size", "predictor", "mask_token", "gammas", "gamma_pos", "seed", "random_init")
     setting = {k: data.get(k) for k in keys}
+    if isinstance(setting["predictor"], str):  # the probe's mask seed follows the run's seed: not part of the setting
+        setting["predictor"] = re.sub(r", mask seed \d+", "", setting["predictor"])
     return record_result(
         checkpoint, "position_accuracy", metrics, setting, data.get("seed"), bool(data.get("random_init")), out
     )

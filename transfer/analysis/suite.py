@@ -73,7 +73,8 @@ def plan(checkpoint: str, out: str, suite: str, data: dict, random_init: bool, s
     ]
     maxa = ["--coco", data["coco"], "--ade", data["ade"]] + opts["maxa"] + base + seed_opt
     steps.append(("maxa", "probe_maxa", maxa))
-    steps.append(("localrep", "probe_localrep", ["--images", data["images"]] + opts["localrep"] + base + seed_opt))
+    localrep = ["--images", data["images"], "--ade", data["ade"]] + opts["localrep"] + base + seed_opt
+    steps.append(("localrep", "probe_localrep", localrep))
     if not random_init:
         steps.append(("attention", "analyze_attention", ["--images", data["coco_images"]] + opts["analyze_attention"]))
     return [

@@ -68,16 +68,25 @@ def maxa_rows(folder: str) -> list[tuple]:
         "semseg": ("miou", "MAXA semantic segmentation mIoU"),
         "depth": ("mse", "MAXA depth MSE"),
     }
-    return [("maxa", label, tasks[t][key]) for t, (key, label) in names.items() if key in tasks.get(t, {})]
+    rows = [("maxa", label, tasks[t][key]) for t, (key, label) in names.items() if key in tasks.get(t, {})]
+    if "iou_trivial" in tasks.get("boundaries", {}):
+        rows.insert(1, ("maxa", "MAXA boundaries IoU of all-boundary (trivial)", tasks["boundaries"]["iou_trivial"]))
+    return rows
 
 
 def localrep_rows(folder: str) -> list[tuple]:
-    """Patch retrieval under a 2-patch shift, a rotation, the strongest blur and noise; mean tracking accuracy."""
+    """Patch retrieval under a 2-patch shift, a rotation, the strongest blur and noise, zoom out / in by 0.8 / 1.2;
+    mean tracking accuracy; the global-context R^2 if it ran."""
     d = _read_json(os.path.join(folder, "localrep_results.json"))
     r, track = d["retrieval"], list(d["tracking"].values())
     rows = [("localrep", f"patch retrieval, {t}", r[t]["patch"]) for t in ("shift2", "rot90", "blur/4", "noise/0.2")]
+    rows += [("localrep", f"patch retrieval, {t}", r[t]["patch"]) for t in ("scale0.8", "scale1.2") if t in r]
     rows.append(("localrep", "instance identification (image level), rot90", r["rot90"]["image"]))
-    return rows + [("localrep", f"tracking association, mean over gaps 1-{len(track)}", sum(track) / len(track))]
+    rows.append(("localrep", f"tracking association, mean over gaps 1-{len(track)}", sum(track) / len(track)))
+    if d.get("context"):
+        rows.append(("localrep", "global-context R^2 (central patch), mean of 3 classes", d["context"]["r2_mean"]))
+        rows.append(("localrep", "global-context R^2 of predicting the mean (floor)", d["context"]["r2_null_mean"]))
+    return rows
 
 
 READERS = {

@@ -19,7 +19,8 @@ and keep the work dir on a shared file system (the skip/resume decisions read it
 At the end (also with ``--summary-only``) ``<work_dir>/summary.md`` and ``summary.csv`` list per point the
 mean and standard deviation over seeds (population std, numpy's default ``ddof=0``; 0 for one seed) of
 mIoU, aAcc and mAcc with the number of finished seeds, and mark the best point (highest mean mIoU): the
-number the paper reports.
+number the paper reports. A sweep that launched at least one run also writes one ``segmenter_sweep`` record of
+that aggregate to the results database (``resultsdb.hooks.record_sweep``; each run records ``segmenter`` itself).
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None, runner=run_one) -> int:
         lr0, wd0 = default_lr_wd(args.config)
         lrs, wds = args.lrs or [lr0], args.wds or [wd0]
     plan = plan_runs(lrs, wds, args.seeds)
-    failed = []
+    failed, launched = [], 0
     if not args.summary_only:
         print(f"[train_ade] {len(plan)} run(s): lr {lrs} x wd {wds} x seeds 0..{args.seeds - 1} -> {work_dir}")
         for i, (lr, wd, seed) in enumerate(plan):
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None, runner=run_one) -> int:
             print(f"{tag}: {'resuming' if resume else 'starting'} in {out}", flush=True)
             cmd = build_command(args.config, args.ckpt, out, lr, wd, seed, args.overrides, resume=resume)
             rc = runner(cmd, os.path.join(out, "train_ade.log"))
+            launched += 1
             if rc != 0 or not is_finished(out):
                 failed.append((lr, wd, seed, rc))
                 print(f"{tag}: FAILED (exit status {rc}); log: {os.path.join(out, 'train_ade.log')}", file=sys.stderr)
@@ -315,6 +317,13 @@ def main(argv: list[str] | None = None, runner=run_one) -> int:
                     break
     rows = collect(work_dir, lrs, wds, args.seeds)
     csv_path, md_path = write_summary(work_dir, rows, title=os.path.basename(args.config))
+    if launched:  # one segmenter_sweep record per sweep that trained something (docs/evaluation.md)
+        from resultsdb.hooks import record_sweep
+
+        grid = dict(
+            config=os.path.abspath(args.config), lrs=lrs, wds=wds, num_seeds=args.seeds, overrides=args.overrides
+        )
+        record_sweep(rows, args.ckpt, grid, work_dir)
     with open(md_path) as f:
         print(f.read())
     print(f"[train_ade] summary: {md_path} {csv_path}")

@@ -252,3 +252,32 @@ def test_our_checkpoint_through_the_converters_timm_path_equals_our_model(tmp_pa
     t2 = TimmAdapter(timm_model.eval()).tokens(x, "all")
     for u, v in zip(t1, t2):
         assert torch.allclose(u, v, atol=1e-4)
+
+
+@torch.no_grad()
+def test_rope_backbone_attention_is_the_one_its_blocks_use(tmp_path):
+    """A RoPE ViT (no additive positions): the recomputed attention rotates q and k, so the hand-run blocks
+    reproduce the model's own block outputs; without the rotation they would not (the check has teeth)."""
+    from tests.support.models import exported_random_rope_vit
+
+    model, path = exported_random_rope_vit(tmp_path, embed_dim=64, img_size=64, noise=0.2)
+    for blk in model.blocks:
+        blk.attn.qkv.weight.mul_(10)  # sharp attention: position matters
+    adapter = OursAdapter(model)
+    x = torch.randn(2, 3, 64, 64)
+    attns = adapter.attentions(x)
+    assert len(attns) == 2 and attns[0].shape == (2, 2, 17, 17)
+    seq, grid = model.prepare_tokens(x)
+    angles = model.attention_angles(grid)
+    blk = model.blocks[0]
+    out, a = attention_block_forward(blk, seq, angles, model.num_prefix_tokens)
+    ref = blk(seq, angles, model.num_prefix_tokens)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-4)  # outputs of size ~50: float rounding only
+    assert torch.allclose(a, attns[0], atol=1e-6)
+    assert torch.allclose(block_attention(blk, seq, angles, model.num_prefix_tokens), a, atol=1e-6)
+    unrotated, _ = attention_block_forward(blk, seq)
+    assert (unrotated - ref).abs().max() > 0.1
+    # the exported file through the tool's loader: statistics for every layer, no refusal
+    images = list(torch.rand(2, 3, 64, 64))
+    stats = att.attention_statistics(load_adapter(str(path), image_size=64), images, progress=False)
+    assert len(stats["nmi"]) == 2 and all(math.isfinite(v) for v in stats["mad"])

@@ -47,6 +47,46 @@ def test_shift_and_rotation_correspondences_are_exact():
         )
 
 
+def _patchwise_constant(n: int, grid: int, patch: int, seed: int = 0) -> torch.Tensor:
+    """Images whose every patch is one random colour (so a patch's content names its source patch)."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.rand(n, 3, grid, grid, generator=g)
+    return colours.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
+
+
+def test_scale_correspondence_by_hand():
+    # 32 px, 8 px patches (4 x 4): zooming out by 2 maps the centre 12 of patch row/column 1 to 16 + (12 - 16) * 2
+    # = 8 (row 1), 20 to 24 (row 3), 4 to -8 (outside: no counterpart)
+    _, src = lr.scale_about_centre(torch.zeros(1, 3, 32, 32), 0.5, 8)
+    grid = src.reshape(4, 4)
+    assert grid[1, 1] == 5 and grid[2, 2] == 15 and grid[1, 2] == 7 and grid[2, 1] == 13
+    assert (grid[0] == -1).all() and (grid[:, 0] == -1).all() and (grid[3] == -1).all()
+    # zooming in by 1.2 at 96 px, 16 px patches: centre 8 -> 48 + (8 - 48) / 1.2 = 14.67 (row 0), 40 -> 41.3 (row 2)
+    _, src = lr.scale_about_centre(torch.zeros(1, 3, 96, 96), 1.2, 16)
+    grid = src.reshape(6, 6)
+    assert grid[0, 0] == 0 and grid[2, 2] == 2 * 6 + 2 and grid[5, 5] == 35 and (grid >= 0).all()
+    assert torch.equal(lr.scale_about_centre(torch.zeros(1, 3, 32, 32), 1.0, 8)[1], torch.arange(16))
+
+
+def test_scale_retrieval_is_exact_where_the_mapping_is_and_at_chance_for_random_features():
+    images = _patchwise_constant(3, 4, 8)
+    # zoom by 2 about the centre, nearest sampling: every result patch shows one source patch's colour only
+    zoom2 = lambda x: lr.scale_about_centre(x, 2.0, 8, mode="nearest")  # noqa: E731
+    out, src = zoom2(images)
+    for j in range(16):
+        y, x = divmod(j, 4)
+        sy, sx = divmod(int(src[j]), 4)
+        colour = images[0, :, sy * 8, sx * 8, None, None].expand(3, 8, 8)
+        assert torch.equal(out[0, :, y * 8 : y * 8 + 8, x * 8 : x * 8 + 8], colour)
+    assert lr.retrieval_under(_content_features, images, 8, zoom2) == {"image": 1.0, "patch": 1.0, "within1": 1.0}
+    # features unrelated to the content: patch-level hits at chance, 1 / (3 images x 16 patches)
+    g = torch.Generator().manual_seed(1)
+    noise = lambda x: torch.randn(len(x), 16, 64, generator=g)  # noqa: E731
+    big = _patchwise_constant(60, 4, 8, seed=2)
+    scores = lr.retrieval_under(noise, big, 8, lambda x: lr.scale_about_centre(x, 0.8, 8))
+    assert scores["image"] == pytest.approx(1 / 60, abs=0.01) and scores["patch"] < 0.005
+
+
 def test_tracking_solvable_by_construction():
     frames, boxes = lr.moving_objects(num_frames=6, num_objects=3, side=64, obj=16, seed=0)
     assert frames.shape == (6, 3, 64, 64) and boxes.shape == (6, 3, 4)
@@ -92,3 +132,4 @@ def test_probe_localrep_tool(tiny_ckpts, tmp_path, monkeypatch):
     with ResultsDB(str(tmp_path / "r.sqlite"), create=False) as db:
         (r,) = db.records()
     assert r["protocol"] == "localrep" and r["metrics"]["retrieval/rot90/image"] == res["retrieval"]["rot90"]["image"]
+    assert {f"scale{f:g}" for f in (0.8, 0.9, 1.1, 1.2)} <= set(res["retrieval"]) and res["context"] is None

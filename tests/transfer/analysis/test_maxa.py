@@ -99,6 +99,24 @@ def test_adapter_learns_a_mapping_the_features_carry():
     assert res["iou"] > 0.8
 
 
+def test_boundary_threshold_is_chosen_on_the_training_split():
+    from transfer.analysis.maxa.run import score, train_threshold
+
+    gt = torch.zeros(4, 8, 8)
+    gt[:, 3, :] = 1.0  # one boundary row: 1/8 of the pixels
+
+    def model(feats):  # probability 0.3 on boundary pixels, 0.05 elsewhere, whatever the features
+        p = 0.05 + 0.25 * gt[: len(feats)]
+        return torch.logit(p)[:, None]
+
+    split = Split(torch.zeros(4, 1, 1), gt)
+    t = train_threshold(model, split)
+    assert 0.05 <= t < 0.3  # the first threshold that separates: IoU 1 on the training split
+    res = score("boundaries", model, split, threshold=t)
+    assert res["iou"] == 1.0 and res["iou_p50"] == 0.0 and res["threshold"] == t
+    assert res["iou_trivial"] == pytest.approx(1 / 8)
+
+
 def test_probe_maxa_tool_end_to_end(tiny_ckpts, toy_ade, tmp_path, monkeypatch):
     from tests.transfer.analysis.helpers import _tool
     from toydata import make_toy_coco

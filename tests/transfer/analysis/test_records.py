@@ -57,6 +57,13 @@ def test_probe_position_record_equals_its_json(tiny_ckpts, tmp_path, db_path):
     assert r["metrics"]["mean_top1"] == pytest.approx(data["mean_top1"])
     assert r["metrics"]["top1/g0.5/p0.5"] == pytest.approx(data["top1"][1][0])
     assert r["metrics"]["chance"] == pytest.approx(1 / 16)
+    # the linear probe's mask seed follows the run's seed: left out of the setting, so seeds compare in one column
+    _run("probe_position", argv[:-3] + ["--out", str(tmp_path / "pos1"), "--quiet", "--seed", "1"])
+    r0, r1 = _records(db_path)
+    assert "mask seed 1" in data["predictor"] and "mask seed" not in r0["config"]["predictor"]
+    from resultsdb.table import setting_hash
+
+    assert r0["config_hash"] != r1["config_hash"] and setting_hash(r0) == setting_hash(r1)
 
 
 def test_analyze_attention_records_each_checkpoint(tiny_ckpts, tmp_path, db_path):
