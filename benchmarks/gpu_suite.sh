@@ -18,8 +18,8 @@
 # (omegaconf and antlr4 for the configs, fvcore and iopath for FLOPs, detectron2 for part 3) is carried as wheels:
 # on a machine with the registry,
 #     python -m pip wheel -w wheels omegaconf fvcore iopath   # pure Python; builds the sdist-only ones (fvcore, antlr4)
-#     python -m pip wheel -w wheels --no-deps --no-build-isolation 'git+https://github.com/facebookresearch/detectron2'
-# (detectron2 built against the GPU machine's torch and CUDA, e.g. in docker/'s image), then copy wheels/ into the
+#     python -m pip wheel -w wheels --no-deps --no-build-isolation "sal-detectron2==$DETECTRON2_PYPI_VERSION"
+# (requirements/pins.env; built against the GPU machine's torch and CUDA, e.g. in docker/'s image), then copy wheels/ into the
 # repository root (run's carry: wheels). Wheels of packages the machine already has (torch, numpy) may be deleted. When a
 # wheels/ folder is present, this script installs from it first, offline:
 #     python -m pip install --no-index --find-links wheels <every wheel in wheels/>
