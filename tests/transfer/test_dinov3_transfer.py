@@ -23,13 +23,13 @@ pytest.importorskip("mmseg")
 SIZES = {"s": (384, 6), "b": (768, 12)}
 
 
-def _timm_dinov3(size: str):
+def _timm_dinov3(size: str, depth: int = 2):
     """A random timm-layout DINOv3 ViT-S/B (``vit_*_patch16_dinov3_qkvb``) with visible biases and LayerScale."""
     import timm
 
     torch.manual_seed(0)
     name = {"s": "vit_small_patch16_dinov3_qkvb", "b": "vit_base_patch16_dinov3_qkvb"}[size]
-    model = timm.create_model(name, pretrained=False, num_classes=0, depth=2).eval()
+    model = timm.create_model(name, pretrained=False, num_classes=0, depth=depth).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith(("q_bias", "v_bias")):
@@ -102,15 +102,24 @@ def test_segmenter_dinov3_config_holds_a_converted_release_exactly(dinov3_releas
     assert float((ours - ref).abs().max()) < 1e-4 * max(1.0, float(ref.abs().max()))
 
 
+def _release(kind: str, path) -> list[str]:
+    """Save a DINOv3 release to fine-tune at ``path``; the converter options it needs."""
+    if kind == "official_fixture":  # embed 32, 2 blocks, made by DINOv3's own code
+        torch.save(load_fixture("dinov3")["checkpoint"], path)
+        return ["--num-heads", "2"]
+    torch.save(_timm_dinov3("s", depth=12).state_dict(), path)  # a whole ViT-S/16 in timm's DINOv3 layout
+    return []
+
+
 @pytest.mark.slow
-def test_dinov3_fixture_fine_tunes_through_toy_vitdet_and_segmenter(tmp_path):
-    """The official-code DINOv3 fixture (RoPE, 4 storage tokens): convert -> toy ViTDet -> toy Segmenter."""
+@pytest.mark.parametrize("kind", ["official_fixture", "vit_s_timm_layout"])
+def test_dinov3_fine_tunes_through_toy_vitdet_and_segmenter(tmp_path, kind):
+    """A DINOv3 release (RoPE, 4 storage tokens): convert -> toy ViTDet -> toy Segmenter."""
     spec = ToySpec(images=ImagesSpec(num=4, size=96), coco=CocoSpec(8, 4, size=128), ade=AdeSpec(8, 4, size=96))
     toy = ensure_toy_data(str(tmp_path / "toy"), spec)
-    src = tmp_path / "dinov3_official.pth"
-    torch.save(load_fixture("dinov3")["checkpoint"], src)
+    src = tmp_path / "dinov3.pth"
     d2, mmseg = tmp_path / "d2.pth", tmp_path / "mmseg.pth"
-    common = ["--src", str(src), "--num-heads", "2"]
+    common = ["--src", str(src), *_release(kind, src)]
     log = run([sys.executable, "tools/convert_ckpt.py", *common, "--dst", str(d2), "--target", "detectron2",
                "--keep-tokens", "--grid", "8", "8"])  # fmt: skip
     assert "format: dinov3" in log and "OK" in log
