@@ -230,12 +230,16 @@ def _to_float(v: Any) -> float:
 
 
 def _remove_stale_temporaries(work_dir: str) -> None:
-    """On the first process: remove what an interrupted checkpoint write left in ``work_dir``, saying so."""
-    from transfer.segmenter.checkpoint_io import remove_stale_temporaries
+    """On the first process: remove what an interrupted checkpoint write left in ``work_dir`` (temporary files, a
+    cut ``last_checkpoint``), saying so."""
+    from transfer.segmenter.checkpoint_io import remove_stale_temporaries, repair_last_checkpoint
 
     if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(work_dir):
         for path in remove_stale_temporaries(work_dir):
             print(f"[segmenter] removed {path}, left by an interrupted checkpoint write", flush=True)
+        repaired = repair_last_checkpoint(work_dir)
+        if repaired:
+            print(f"[segmenter] {repaired}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -131,3 +131,21 @@ def test_a_checkpoint_hook_with_a_backend_of_its_own_keeps_it():
     cfg.default_hooks.checkpoint["backend_args"] = {"backend": "petrel"}
     assert not checkpoint_io.use_atomic_checkpoints(cfg)
     assert cfg.default_hooks.checkpoint.backend_args == {"backend": "petrel"}
+
+
+@pytest.mark.parametrize("content", ["", "/some/work_dir/iter_", "\x00\x00"])
+def test_a_cut_last_checkpoint_is_pointed_at_the_newest_complete_checkpoint(tmp_path, content):
+    for name in ("iter_4.pth", "iter_12.pth", "iter_8.pth", "epoch_30.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text(content)
+    msg = checkpoint_io.repair_last_checkpoint(str(tmp_path))
+    assert msg and "rewrote" in msg
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_12.pth")
+    assert checkpoint_io.repair_last_checkpoint(str(tmp_path)) is None  # now valid: left alone
+
+
+def test_a_last_checkpoint_without_any_checkpoint_is_removed(tmp_path):
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_4.pth"))
+    assert "removed" in checkpoint_io.repair_last_checkpoint(str(tmp_path))
+    assert not (tmp_path / "last_checkpoint").exists()
+    assert checkpoint_io.repair_last_checkpoint(str(tmp_path)) is None
