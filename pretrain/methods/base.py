@@ -19,6 +19,12 @@ from ..data.folder import ImageFolderDataset
 from ..models.vit import VisionTransformer
 
 
+def zero_from(params) -> torch.Tensor:
+    """``0 * (one entry of each parameter)``: ties parameters the objective does not use at this step into the
+    graph, so that DDP sees a gradient (of zero) for every parameter every step."""
+    return 0.0 * sum(p.view(-1)[0] for p in params)
+
+
 class PretrainingMethod(nn.Module):
     """One pretraining objective. Subclasses set ``name`` and ``loss_terms`` and implement the methods below."""
 

@@ -33,7 +33,7 @@ from ..models.positional_query import GlobalProjector, PatchDecoder, PositionalQ
 from ..models.rope import grid_coords
 from ..models.teachers import teacher_from_config
 from ..models.vit import VisionTransformer, build_vit
-from .base import PretrainingMethod
+from .base import PretrainingMethod, zero_from
 
 logger = logging.getLogger("pretrain")
 
@@ -51,11 +51,6 @@ class CR2PQCollator:
             "boxes": torch.stack([s["global_boxes"] for s in samples]),
             "flips": torch.stack([s["global_flips"] for s in samples]),
         }
-
-
-def _zero_from(params) -> torch.Tensor:
-    """``0 * (one entry of each parameter)``: ties parameters the objective never uses into the graph (DDP)."""
-    return 0.0 * sum(p.view(-1)[0] for p in params)
 
 
 def cr2pq_encoder_config(cfg):
@@ -152,5 +147,5 @@ class CR2PQ(PretrainingMethod):
         lp = patch_loss(out["z"], target, c.loss_p)
         pooled = (out["h_b"] if c.global_tokens == "queries" else out["h_a"]).mean(1)
         lg = global_loss(self.projector(pooled), target, c.loss_p)
-        idle = _zero_from([self.encoder.mask_token, self.encoder.posmask_token])
+        idle = zero_from([self.encoder.mask_token, self.encoder.posmask_token])
         return {"loss": lp + c.global_weight * lg + idle, "patch_loss": lp, "global_loss": lg}

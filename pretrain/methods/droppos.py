@@ -37,7 +37,7 @@ from ..models.position_field import mae_sincos_2d
 from ..models.token_decoder import TokenDecoder
 from ..models.vit import VisionTransformer, build_vit
 from ..seeding import mix_seeds
-from .base import PretrainingMethod
+from .base import PretrainingMethod, zero_from
 
 HEAD_FILE = "droppos_head.pth"
 HEAD_FORMAT = "ssl-vit-toolkit/droppos-head"
@@ -264,11 +264,6 @@ def init_like_vit(decoder: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _zero_from(params) -> torch.Tensor:
-    """``0 * (one entry of each parameter)``: ties parameters the objective never uses into the graph (DDP)."""
-    return 0.0 * sum(p.view(-1)[0] for p in params)
-
-
 # ------------------------------------------------------------------------------------------- the method
 class DropPos(PretrainingMethod):
     """Holds ``encoder`` (the exported ViT) and ``decoder`` (the position classifier) and computes the loss."""
@@ -373,7 +368,7 @@ class DropPos(PretrainingMethod):
             weights = weights * self.attention_weights(images, ids_keep)
         loss = droppos_loss(logits, self.targets(values["sigma"], logits.device)[ids_keep], weights)
         return {
-            "loss": loss + _zero_from(self.idle_parameters()),
+            "loss": loss + zero_from(self.idle_parameters()),
             "pos_ce": loss,
             "pos_acc": position_accuracy(logits, ids_keep, dropped),
         }

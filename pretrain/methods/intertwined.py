@@ -29,7 +29,7 @@ from ..engine.schedules import CosineSchedule
 from ..losses import TeacherTargets, dino_cls_loss, koleo_loss, masked_patch_loss
 from ..models import DINOHead, VisionTransformer, build_vit
 from ..models.from_config import backbone_config
-from .base import PretrainingMethod
+from .base import PretrainingMethod, zero_from
 
 
 def uses_content_masking(cfg) -> bool:
@@ -45,12 +45,7 @@ def _keep_in_graph(head: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     parameter to receive a gradient); nothing otherwise."""
     if logits.shape[0] > 0:
         return logits.new_zeros(())
-    return _zero_from(head.parameters())
-
-
-def _zero_from(params) -> torch.Tensor:
-    """``0 * (one entry of each parameter)``: a zero whose graph reaches every parameter in ``params``."""
-    return 0.0 * sum(p.view(-1)[0] for p in params)
+    return zero_from(head.parameters())
 
 
 class _UniformHeadWatch:
@@ -228,7 +223,7 @@ class IntertwinedDistillation(PretrainingMethod):
             + cfg.koleo_weight * terms["koleo"]
         )
         idle = self.idle_backbone_parameters()
-        terms["loss"] = total + _zero_from(idle) if idle else total
+        terms["loss"] = total + zero_from(idle) if idle else total
         return terms
 
     def idle_backbone_parameters(self) -> list[nn.Parameter]:
