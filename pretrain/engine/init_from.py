@@ -118,8 +118,8 @@ def backbone_state(c, model: VisionTransformer) -> tuple[dict, str]:
 
 def _load(vit: VisionTransformer, state: dict) -> None:
     own = vit.state_dict()
-    missing = [k for k in own if k not in state and k not in ("mask_token", "posmask_token") and k in dict(
-        vit.named_parameters())]  # fmt: skip
+    params = {n for n, _ in vit.named_parameters()}
+    missing = [k for k in own if k in params and k not in state and k not in ("mask_token", "posmask_token")]
     if missing:
         raise InitFromError(f"the checkpoint gives no value for {missing[:8]}")
     with torch.no_grad():

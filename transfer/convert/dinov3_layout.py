@@ -93,16 +93,6 @@ def to_timm_style(state: dict) -> tuple[dict, list, list]:
     return out, dropped, notes
 
 
-def head_dim_of(state: dict, num_heads: int) -> int:
-    d = int(state["patch_embed.proj.weight"].shape[0])
-    if d % num_heads:
-        raise ConversionError(f"embed dim {d} is not divisible by num_heads={num_heads}")
-    hd = d // num_heads
-    if hd % 4:
-        raise ConversionError(f"DINOv3's 2-D RoPE needs a head dimension divisible by 4, got {hd}")
-    return hd
-
-
 def rope_settings(base: float) -> dict:
     """Our RoPE description of DINOv3's (pretrain/models/rope.py, rule ``dinov3``)."""
     if not math.isfinite(base) or base <= 0:

@@ -546,7 +546,7 @@ def read_dinov3(u: Unwrapped, opts: ReadOptions) -> CanonicalViT:
     mapped = Unwrapped(state=state, wrappers=u.wrappers, prefixes=u.prefixes, meta=u.meta, ignored=list(u.ignored))
     eps = dinov3_layout.DINOV3_NORM_EPS
     c = _build(mapped, "dinov3", opts, meta_eps=eps, rope=dinov3_layout.rope_settings(dinov3_layout.DINOV3_ROPE_BASE))
-    hd = dinov3_layout.head_dim_of(state, c.arch.num_heads)
+    hd = c.arch.embed_dim // c.arch.num_heads  # divisible, and by 4 under RoPE: _build's validate checked both
     if periods is not None:
         c.rope["base"] = dinov3_layout.rope_base_from_periods(periods, hd)
         c.dropped.append(("rope_embed.periods", f"recomputed from base {c.rope['base']:g} (checked)"))
