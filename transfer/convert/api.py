@@ -99,13 +99,12 @@ def read_source(src: str, opts: ReadOptions, unsafe_load: bool = False) -> Canon
                 pos_interpolation=(hf["pos_interpolation"] or "auto")
                 if opts.pos_interpolation == "auto"
                 else opts.pos_interpolation,
+                given_by="the Hugging Face config",
             )
     else:
         obj = load_file(src, unsafe_load=unsafe_load)
     c, _ = read_checkpoint(obj, opts)
     if hf:
-        c.notes = [n.replace("from --num-heads", "from config.json").replace("from --pos-interpolation", (
-            "the Hugging Face model's own")) for n in c.notes]  # fmt: skip
         c.notes[:0] = [f"Hugging Face {hf['model_type']} read as {c.source_format}"] + list(hf["notes"])
         c.dropped[:0] = list(hf["dropped"])
         if hf.get("mean") and hf.get("std"):

@@ -84,6 +84,7 @@ class ReadOptions:
     norm_eps: float | None = None
     unsafe_load: bool = False
     pos_interpolation: str = "auto"  # auto (the source's own rule) or a POS_INTERPOLATION_RULES name
+    given_by: str = ""  # who set num_heads / pos_interpolation when not the flags (for the notes), e.g. a config
 
 
 @dataclass
@@ -404,9 +405,11 @@ def _build(u: Unwrapped, fmt: str, opts: ReadOptions, meta_heads=None, meta_eps=
     c.notes.insert(
         0,
         f"num_heads={arch.num_heads} "
-        + {"meta": "from the checkpoint metadata", "flag": "from --num-heads", "table": "from the standard table"}[
-            arch.num_heads_source
-        ]
+        + {
+            "meta": "from the checkpoint metadata",
+            "flag": f"from {opts.given_by or '--num-heads'}",
+            "table": "from the standard table",
+        }[arch.num_heads_source]
         + (" (not inferable from weights; override with --num-heads)" if arch.num_heads_source == "table" else ""),
     )
     validate(c)
@@ -493,7 +496,7 @@ def _source_rule(c: CanonicalViT, opts: ReadOptions, default: str, why: str) -> 
     if rule not in POS_INTERPOLATIONS:
         raise ConversionError(f"unknown --pos-interpolation {rule!r}; choose auto or one of {POS_INTERPOLATIONS}")
     c.pos_interpolation = rule
-    how = "from --pos-interpolation" if opts.pos_interpolation != "auto" else why
+    how = f"from {opts.given_by or '--pos-interpolation'}" if opts.pos_interpolation != "auto" else why
     c.notes.append(f"pos_embed resized by the source's rule {rule!r} ({how})")
 
 
