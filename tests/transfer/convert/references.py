@@ -232,7 +232,8 @@ def image(grid, batch=2, seed=1):
     return torch.randn(batch, 3, grid[0] * 16, grid[1] * 16, generator=torch.Generator().manual_seed(seed))
 
 
-def ours_model(field=True, regs=0, ls=True, img_size=64, field_size=(5, 5)):
+def ours_model(field=True, regs=0, ls=True, img_size=64, field_size=(5, 5), **vit):
+    """Our tiny ViT (randomised); ``vit`` adds or replaces :class:`ViTConfig` fields (position kinds, RoPE)."""
     cfg = ViTConfig(
         arch="vit_pico",
         embed_dim=D,
@@ -244,6 +245,7 @@ def ours_model(field=True, regs=0, ls=True, img_size=64, field_size=(5, 5)):
         pos_field=field,
         pos_field_size=list(field_size),
         layerscale=1e-5 if ls else None,
+        **vit,
     )
     model = build_vit(cfg).eval()
     randomise_(model)

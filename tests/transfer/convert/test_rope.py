@@ -6,31 +6,29 @@ import pytest
 import torch
 
 from pretrain.export import export_backbone, load_backbone
-from pretrain.models.vit import ViTConfig, build_vit
-from tests.transfer.convert.references import HEADS, TOL, D, convert, image, max_diff, needs_d2, needs_mmseg, randomise_
+from tests.transfer.convert.references import (
+    HEADS,
+    TOL,
+    D,
+    convert,
+    image,
+    max_diff,
+    needs_d2,
+    needs_mmseg,
+    ours_model,
+)
 from transfer.convert.api import convert_checkpoint
 from transfer.convert.canonical import ConversionError
 
 
 def pos_model(kind: str, regs=0, ls=True, img_size=64):
+    """``ours_model`` with RoPE, crop-tied sin-cos or (otherwise) the field, seeded."""
     torch.manual_seed(0)
-    kw = dict(pos_field=False, pos_embed_type="none", rope=True) if kind == "rope" else {}
+    if kind == "rope":
+        return ours_model(False, regs, ls, img_size, (50, 50), pos_embed_type="none", rope=True)
     if kind == "crop_sincos":
-        kw = dict(pos_field=False, pos_embed_type="crop_sincos", pos_field_size=[6, 6])
-    cfg = ViTConfig(
-        arch="vit_pico",
-        embed_dim=D,
-        depth=2,
-        num_heads=HEADS,
-        patch_size=16,
-        img_size=img_size,
-        num_register_tokens=regs,
-        layerscale=1e-5 if ls else None,
-        **kw,
-    )
-    model = build_vit(cfg).eval()
-    randomise_(model)
-    return model
+        return ours_model(False, regs, ls, img_size, (6, 6), pos_embed_type="crop_sincos")
+    return ours_model(True, regs, ls, img_size, (50, 50))
 
 
 def patch_tokens(model, img, with_cls=True, final_norm=True):
