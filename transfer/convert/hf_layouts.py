@@ -84,13 +84,8 @@ CONFIG_DEFAULTS = {
 # DINOv3's RoPE coordinates: per axis in [-1, 1] at the patch centres (official ``normalize_coords="separate"``)
 DINOV3_ROPE_COORDS = "normalized"  # pretrain/models/rope.py ROPE_COORDS
 
-_DINOV2_BLOCK = {
-    "norm1": "norm1",
-    "norm2": "norm2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-    "layer_scale1.lambda1": "ls1.gamma",
-    "layer_scale2.lambda1": "ls2.gamma",
+# transformers' ViT attention: the Hub (save_pretrained) names and transformers 5's in-memory names
+_HF_VIT_ATTENTION = {
     "attention.attention.query": "q",
     "attention.attention.key": "k",
     "attention.attention.value": "v",
@@ -100,17 +95,19 @@ _DINOV2_BLOCK = {
     "attention.output.dense": "attn.proj",
     "attention.o_proj": "attn.proj",
 }
+_DINOV2_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    **_HF_VIT_ATTENTION,
+}
 _MAE_BLOCK = {
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
-    "attention.attention.query": "q",
-    "attention.attention.key": "k",
-    "attention.attention.value": "v",
-    "attention.q_proj": "q",
-    "attention.k_proj": "k",
-    "attention.v_proj": "v",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
+    **_HF_VIT_ATTENTION,
     "intermediate.dense": "mlp.fc1",
     "output.dense": "mlp.fc2",
     "mlp.fc1": "mlp.fc1",
